@@ -1,0 +1,1 @@
+"""asyncio listeners: thin adapters from sockets to the sans-IO protocol cores."""

@@ -1,0 +1,291 @@
+"""The server process: bind, drop privileges, serve, reload on SIGHUP, stop on SIGTERM.
+
+Order at start (the same for ``serve`` and ``localserve``):
+1. load and validate the config (a bad config never starts a half-working server);
+2. bind every listener while still privileged (ports below 1024);
+3. switch to the configured unprivileged user (``run_as``);
+4. open the store (running recovery), make sure every account exists;
+5. start the listeners, write the pid file, wait for signals.
+
+SIGHUP reloads the config: accounts, aliases, domains, limits and certificates apply to new
+sessions at once; running sessions finish with what they started with. SIGTERM/SIGINT stop
+accepting, let deliveries in flight complete (their 250 is still sent), close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import pwd
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailkeep.addressing import Resolver
+from mailkeep.config import Config, ConfigError, load_config
+from mailkeep.delivery.pipeline import Pipeline
+from mailkeep.logfmt import log, setup_logging
+from mailkeep.servers.smtp import ListenerLimits, ReceiverContext, SMTPListener
+from mailkeep.servers.tls import TLSManager
+from mailkeep.smtp.server import SessionConfig
+
+logger = logging.getLogger("mailkeep.server")
+
+SMTP_PROTOCOLS = {"smtp", "lmtp"}
+TLS_RELOAD_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class ListenerKey:
+    protocol: str
+    address: str
+    tls: str
+
+
+def listener_key(listener) -> ListenerKey:
+    return ListenerKey(listener.protocol, listener.address, listener.tls)
+
+
+def bind_socket(address: str, *, unix_mode: int = 0o666) -> socket.socket:
+    """Bind (not yet serve) a listening socket for ``host:port``, ``[v6]:port`` or ``unix:PATH``."""
+    if address.startswith("unix:"):
+        path = Path(address[5:])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            # A stale socket from a crash; refuse to remove anything that is not a socket.
+            if path.is_socket():
+                path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(path))
+        os.chmod(path, unix_mode)
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def drop_privileges(user: str, data_dir: Path) -> None:
+    """Switch to ``user`` (and its groups) for good; the data directory becomes theirs."""
+    if os.getuid() != 0:
+        return
+    entry = pwd.getpwnam(user)
+    for path in [data_dir, *data_dir.rglob("*")]:
+        with contextlib.suppress(FileNotFoundError):
+            os.lchown(path, entry.pw_uid, entry.pw_gid)
+    os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem] + [entry.pw_gid])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise RuntimeError("could not drop root privileges")
+    log(logger, "dropped privileges", user=user, uid=entry.pw_uid)
+
+
+class Server:
+    def __init__(self, config_path: Path, *, banner=None):
+        self.config_path = Path(config_path)
+        self.config: Config = load_config(self.config_path)
+        self.banner = banner
+        self.store = None
+        self.tls: TLSManager | None = None
+        self.listeners: dict[ListenerKey, SMTPListener] = {}
+        self.bound: dict[ListenerKey, socket.socket] = {}
+        self.stopping: asyncio.Event | None = None  # created in run(), inside the loop
+        self.ready: asyncio.Event | None = None
+
+    # -- assembling the runtime from a config ------------------------------------------
+
+    def _session_config(self, config: Config, lmtp: bool, tls_available: bool,
+                        tls_active: bool) -> SessionConfig:
+        s = config.smtp
+        return SessionConfig(
+            hostname=config.hostname,
+            lmtp=lmtp,
+            max_message_size=s.message_size_limit,
+            max_recipients=s.max_recipients,
+            max_data_line=s.max_data_line,
+            bare_newlines=s.bare_newlines,
+            starttls_available=tls_available and not tls_active,
+            tls_active=tls_active,
+            max_commands=s.max_commands,
+            soft_error_limit=s.soft_error_limit,
+            hard_error_limit=s.hard_error_limit,
+        )
+
+    def _receiver_context(self, config: Config, pipeline: Pipeline, listener) -> ReceiverContext:
+        lmtp = listener.protocol == "lmtp"
+        implicit = listener.tls == "implicit"
+        tls_ctx = self.tls.context if self.tls and listener.tls != "none" else None
+        s = config.smtp
+        return ReceiverContext(
+            pipeline=pipeline,
+            session_config=self._session_config(config, lmtp, listener.tls == "starttls",
+                                                implicit),
+            limits=ListenerLimits(
+                max_connections=s.max_connections,
+                max_connections_per_ip=s.max_connections_per_ip,
+                command_timeout=s.command_timeout,
+                data_timeout=s.data_timeout,
+                error_sleep=s.error_sleep,
+                soft_error_limit=s.soft_error_limit,
+            ),
+            tls_context=tls_ctx,
+            spool_dir=self.spool_dir(config),
+            lmtp=lmtp,
+            listener=f"{listener.protocol}:{listener.address}",
+            implicit_tls=implicit,
+        )
+
+    @staticmethod
+    def spool_dir(config: Config) -> Path:
+        return config.data_dir / "spool" / "incoming"
+
+    def _ensure_accounts(self, config: Config) -> None:
+        for name, account in config.accounts.items():
+            if not account.relay_only:
+                self.store.ensure_account(name)
+
+    def _smtp_listeners(self, config: Config) -> list:
+        return [lst for lst in config.listeners if lst.protocol in SMTP_PROTOCOLS]
+
+    def bind_all(self) -> None:
+        for listener in self._smtp_listeners(self.config):
+            key = listener_key(listener)
+            try:
+                self.bound[key] = bind_socket(listener.address)
+            except OSError as exc:
+                for sock in self.bound.values():
+                    sock.close()
+                raise SystemExit(f"mailkeep: cannot listen on {listener.address} "
+                                 f"({listener.protocol}): {exc.strerror or exc}") from exc
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self) -> int:
+        from mailkeep.store import open_store
+
+        config = self.config
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        spool = self.spool_dir(config)
+        spool.mkdir(parents=True, exist_ok=True)
+        for leftover in spool.iterdir():  # never acknowledged: safe to drop
+            leftover.unlink(missing_ok=True)
+        self.bind_all()
+        if config.run_as:
+            drop_privileges(config.run_as, config.data_dir)
+        self.tls = TLSManager.from_config(config.tls.cert, config.tls.key, config.data_dir,
+                                          config.hostname)
+        self.store = await asyncio.to_thread(open_store, config.data_dir)
+        self._ensure_accounts(config)
+        pipeline = Pipeline(config, self.store, Resolver(config))
+        for listener in self._smtp_listeners(config):
+            key = listener_key(listener)
+            smtp_listener = SMTPListener(key.address, self._receiver_context(config, pipeline,
+                                                                              listener))
+            await smtp_listener.start(self.bound.pop(key))
+            self.listeners[key] = smtp_listener
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        pidfile = config.pidfile
+        pidfile.write_text(f"{os.getpid()}\n")
+        log(logger, "started", hostname=config.hostname, pid=os.getpid(),
+            listeners=",".join(f"{k.protocol}:{k.address}" for k in self.listeners))
+        if self.banner:
+            self.banner(config)
+        self.ready.set()
+        tls_task = loop.create_task(self._watch_certificates())
+        try:
+            await self.stopping.wait()
+        finally:
+            tls_task.cancel()
+            log(logger, "stopping")
+            await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            await asyncio.to_thread(self.store.close)
+            with contextlib.suppress(FileNotFoundError):
+                pidfile.unlink()
+            for key in self.listeners:
+                if key.address.startswith("unix:"):
+                    with contextlib.suppress(OSError):
+                        Path(key.address[5:]).unlink()
+            log(logger, "stopped")
+        return 0
+
+    async def _watch_certificates(self) -> None:
+        while True:
+            await asyncio.sleep(TLS_RELOAD_INTERVAL)
+            if self.tls and self.tls.reload_if_changed():
+                self._apply(self.config)
+
+    def _apply(self, config: Config) -> None:
+        pipeline = Pipeline(config, self.store, Resolver(config))
+        for listener in self._smtp_listeners(config):
+            key = listener_key(listener)
+            if key in self.listeners:
+                self.listeners[key].update(self._receiver_context(config, pipeline, listener))
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; keep the old one if the new one is invalid."""
+        try:
+            config = load_config(self.config_path)
+        except ConfigError as exc:
+            log(logger, "reload failed, keeping the running config", logging.ERROR,
+                error=str(exc))
+            return
+        old_keys = set(self.listeners)
+        new_listeners = {listener_key(lst): lst for lst in self._smtp_listeners(config)}
+        self._ensure_accounts(config)
+        if config.tls.cert != self.config.tls.cert or config.tls.key != self.config.tls.key:
+            self.tls = TLSManager.from_config(config.tls.cert, config.tls.key,
+                                              config.data_dir, config.hostname)
+        self.config = config
+        self._apply(config)
+        pipeline = Pipeline(config, self.store, Resolver(config))
+        for key in old_keys - set(new_listeners):
+            await self.listeners.pop(key).stop()
+        for key, listener in new_listeners.items():
+            if key in old_keys:
+                continue
+            try:
+                sock = bind_socket(key.address)
+            except OSError as exc:
+                log(logger, "cannot add listener on reload", logging.ERROR,
+                    address=key.address, error=os.strerror(exc.errno or errno.EIO))
+                continue
+            smtp_listener = SMTPListener(key.address,
+                                         self._receiver_context(config, pipeline, listener))
+            await smtp_listener.start(sock)
+            self.listeners[key] = smtp_listener
+        log(logger, "reloaded", accounts=len(config.accounts), domains=len(config.domains))
+
+
+def run_server(config_path: Path, *, banner=None) -> int:
+    try:
+        server = Server(config_path, banner=banner)
+    except ConfigError as exc:
+        print(f"mailkeep: {exc}")
+        return 78  # EX_CONFIG
+    c = server.config
+    setup_logging(c.log.format, c.log.level, c.log.file or None)
+    return asyncio.run(server.run())

@@ -1,0 +1,483 @@
+"""The SMTP and LMTP receivers: a thin asyncio adapter around ``mailkeep.smtp``.
+
+The sans-IO core decides what the protocol allows; this module owns what needs I/O:
+sockets, TLS handshakes, timeouts, connection limits, buffering the message body, and
+asking the delivery pipeline. One ``SMTPSession`` per connection; its ``run`` coroutine is
+the loop "next event → decide → write replies → read more".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from mailkeep.delivery.pipeline import (
+    AcceptedRecipient,
+    Envelope,
+    Pipeline,
+    SessionInfo,
+    combine_smtp_reply,
+    new_message_id,
+)
+from mailkeep.logfmt import log
+from mailkeep.smtp import server as core
+from mailkeep.smtp.reply import Reply
+
+logger = logging.getLogger("mailkeep.smtp")
+
+# Pause reading from a client that sends this much without waiting for our replies.
+READ_PAUSE_BYTES = 1 << 20
+# Bodies up to this size stay in memory; larger ones stream to a spool file.
+MEMORY_BODY_LIMIT = 1 << 20
+
+
+@dataclass
+class ListenerLimits:
+    """The receiver's named limits, from the [smtp] section of the config."""
+
+    max_connections: int = 500
+    max_connections_per_ip: int = 20
+    command_timeout: float = 300.0
+    data_timeout: float = 600.0
+    error_sleep: float = 17.0
+    soft_error_limit: int = 3
+
+
+@dataclass
+class ReceiverContext:
+    """Everything a session needs from the running server; swapped whole on reload."""
+
+    pipeline: Pipeline
+    session_config: core.SessionConfig
+    limits: ListenerLimits
+    tls_context: ssl.SSLContext | None
+    spool_dir: Path
+    lmtp: bool = False
+    listener: str = "smtp"
+    implicit_tls: bool = False
+
+
+class SpooledBody:
+    """The message body as it arrives: in memory while small, then in a spool file."""
+
+    def __init__(self, spool_dir: Path):
+        self._spool_dir = spool_dir
+        self._buffer = bytearray()
+        self._file = None
+        self.path: Path | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._buffer += data
+        if len(self._buffer) > MEMORY_BODY_LIMIT:
+            fd, name = tempfile.mkstemp(prefix="in-", dir=self._spool_dir)
+            self.path = Path(name)
+            self._file = os.fdopen(fd, "wb", buffering=1 << 16)
+            self._file.write(self._buffer)
+            self._buffer = bytearray()
+
+    def finish(self) -> bytes | Path:
+        """The complete body: bytes, or the path of a flushed spool file."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            assert self.path is not None
+            return self.path
+        return bytes(self._buffer)
+
+    def discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+        self._buffer = bytearray()
+
+
+@dataclass
+class ConnectionCounter:
+    total: int = 0
+    per_ip: Counter = field(default_factory=Counter)
+
+
+class SMTPSession(asyncio.Protocol):
+    def __init__(self, ctx: ReceiverContext, counter: ConnectionCounter):
+        self.ctx = ctx
+        self.counter = counter
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.conn: core.ServerConnection | None = None
+        self._wakeup: asyncio.Future | None = None
+        self._unread = 0
+        self._paused = False
+        self._lost = False
+        self._counted = False
+        self._shutdown = False
+        self.info = SessionInfo(client_ip="unknown", listener=ctx.listener,
+                                protocol="LMTP" if ctx.lmtp else "ESMTP")
+        self.envelope: Envelope | None = None
+        self.body: SpooledBody | None = None
+        self.task: asyncio.Task | None = None
+        self.stats = Counter()
+        self.started = time.monotonic()
+
+    # -- asyncio.Protocol callbacks: feed the core, wake the session loop ---------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.info.client_ip, self.info.client_port = peer[0], peer[1]
+        else:
+            self.info.client_ip = "local"
+        self.conn = core.ServerConnection(self.ctx.session_config)
+        if self.ctx.implicit_tls:
+            self._note_tls()
+        limits = self.ctx.limits
+        if self.counter.total >= limits.max_connections:
+            self._refuse(Reply(421, "4.7.0", f"{self.ctx.session_config.hostname} "
+                               "Too many connections, try again later"), "max_connections")
+            return
+        if (self.info.client_ip != "local"
+                and self.counter.per_ip[self.info.client_ip] >= limits.max_connections_per_ip):
+            self._refuse(Reply(421, "4.7.0", f"{self.ctx.session_config.hostname} "
+                               "Too many connections from your address"), "max_connections_per_ip")
+            return
+        self.counter.total += 1
+        self.counter.per_ip[self.info.client_ip] += 1
+        self._counted = True
+        self.conn.greet()
+        self.task = self.loop.create_task(self.run())
+
+    def _refuse(self, reply: Reply, reason: str) -> None:
+        assert self.conn is not None and self.transport is not None
+        self.conn.refuse_greeting(reply)
+        self.transport.write(self.conn.data_to_send())
+        self.transport.close()
+        log(logger, "connection refused", logging.WARNING, client=self.info.client_ip,
+            reason=reason)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is None:
+            return
+        self.conn.receive_data(data)
+        self._unread += len(data)
+        if self._unread > READ_PAUSE_BYTES and not self._paused and self.transport:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        if self.conn is not None:
+            self.conn.receive_eof()
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._counted:
+            self._counted = False
+            self.counter.total -= 1
+            self.counter.per_ip[self.info.client_ip] -= 1
+            if self.counter.per_ip[self.info.client_ip] <= 0:
+                del self.counter.per_ip[self.info.client_ip]
+        self._wake()
+
+    def request_shutdown(self) -> None:
+        """End the session at the next safe point (never in the middle of a delivery)."""
+        self._shutdown = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    # -- the session loop -----------------------------------------------------------------
+
+    async def _wait_for_input(self) -> bool:
+        """Flush replies, then wait for more input. False when the session must end."""
+        assert self.conn is not None and self.transport is not None
+        self._flush()
+        if self.conn.closed or self._lost:
+            return False
+        if self._shutdown:
+            # Between commands nothing is in flight: tell the client to come back later.
+            self.transport.write(Reply(421, "4.3.2", f"{self.ctx.session_config.hostname} "
+                                       "Service shutting down, try again later").to_bytes())
+            return False
+        self._unread = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+        self._wakeup = self.loop.create_future()
+        in_body = self.body is not None
+        timeout = self.ctx.limits.data_timeout if in_body else self.ctx.limits.command_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wakeup
+        except TimeoutError:
+            self.transport.write(Reply(421, "4.4.2", f"{self.ctx.session_config.hostname} "
+                                       "Error: timeout exceeded").to_bytes())
+            log(logger, "timeout", logging.INFO, client=self.info.client_ip,
+                state="data" if in_body else "command")
+            return False
+        finally:
+            self._wakeup = None
+        return not self._lost
+
+    def _flush(self) -> None:
+        assert self.conn is not None and self.transport is not None
+        out = self.conn.data_to_send()
+        if out and not self._lost:
+            self.transport.write(out)
+
+    async def run(self) -> None:
+        conn = self.conn
+        assert conn is not None and self.transport is not None
+        log(logger, "connect", logging.DEBUG, client=self.info.client_ip,
+            listener=self.ctx.listener)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is core.NEED_DATA:
+                    if not await self._wait_for_input():
+                        break
+                    continue
+                if isinstance(event, core.ConnectionClosed):
+                    break
+                await self._handle(event)
+        except Exception:
+            logger.exception("session failed", extra={"client": self.info.client_ip})
+            with contextlib.suppress(Exception):
+                self.transport.write(Reply(421, "4.3.0", "Internal error, closing connection")
+                                     .to_bytes())
+        finally:
+            if self.body is not None:
+                self.body.discard()
+                self.body = None
+            with contextlib.suppress(Exception):
+                self._flush()
+            if not self._lost:
+                self.transport.close()
+            log(logger, "disconnect", client=self.info.client_ip, helo=self.info.helo,
+                tls=bool(self.info.tls), messages=self.stats["messages"],
+                rejected=self.stats["rejected"], errors=conn.error_count,
+                seconds=round(time.monotonic() - self.started, 3))
+
+    async def _handle(self, event: object) -> None:
+        conn = self.conn
+        assert conn is not None
+        match event:
+            case core.Hello(domain=domain):
+                self.info.helo = domain
+                conn.accept()
+            case core.MailFrom(sender=sender, params=params):
+                self.envelope = Envelope(sender=sender, smtputf8=params.smtputf8,
+                                         body_type=params.body, envid=params.envid,
+                                         ret=params.ret)
+                self._mail_size_hint = params.size
+                conn.accept()
+            case core.RcptTo(recipient=recipient, params=params):
+                assert self.envelope is not None
+                reply, targets = self.ctx.pipeline.recipient_decision(
+                    recipient, getattr(self, "_mail_size_hint", None))
+                if reply.code < 300:
+                    self.envelope.recipients.append(AcceptedRecipient(
+                        recipient, targets, notify=params.notify, orcpt=params.orcpt))
+                    conn.accept(reply)
+                else:
+                    self.stats["rejected"] += 1
+                    log(logger, "recipient rejected", client=self.info.client_ip,
+                        helo=self.info.helo, to=str(recipient),
+                        from_=str(self.envelope.sender or ""), code=reply.code,
+                        reason=reply.text)
+                    conn.reject(reply)
+            case core.DataStart():
+                self.body = SpooledBody(self.ctx.spool_dir)
+                conn.accept()
+            case core.BodyData(data=data):
+                if self.body is not None:
+                    self.body.write(data)
+            case core.BodyEnd():
+                await self._end_of_data(event)
+            case core.Reset():
+                self._reset()
+            case core.StartTLS():
+                await self._start_tls()
+            case core.AuthStart():
+                conn.reject(Reply(503, "5.5.1", "Error: authentication not enabled"))
+            case core.ClientError(count=count):
+                self.stats["errors"] += 1
+                if count > self.ctx.limits.soft_error_limit and not conn.closed:
+                    # Postfix's smtpd_error_sleep_time: slow down clients that keep erring.
+                    self._flush()
+                    await asyncio.sleep(self.ctx.limits.error_sleep)
+            case core.Quit():
+                pass
+            case _:
+                pass
+
+    def _reset(self) -> None:
+        if self.body is not None:
+            self.body.discard()
+            self.body = None
+        self.envelope = None
+
+    async def _end_of_data(self, event: core.BodyEnd) -> None:
+        conn = self.conn
+        assert conn is not None
+        body, envelope = self.body, self.envelope
+        self.body, self.envelope = None, None
+        msg_id = new_message_id()
+        if body is None or envelope is None or not envelope.recipients:
+            if body is not None:
+                body.discard()
+            conn.reject(Reply(503, "5.5.1", "Error: no valid recipients"))
+            return
+        recipients = [str(r.address) for r in envelope.recipients]
+        if event.problem is not None:
+            body.discard()
+            reply = event.suggested or Reply(554, "5.6.0", "Message refused")
+            self._answer_end(conn, [reply] * len(envelope.recipients))
+            self.stats["rejected"] += 1
+            log(logger, "message refused", logging.WARNING, id=msg_id,
+                client=self.info.client_ip, from_=str(envelope.sender or ""),
+                to=",".join(recipients), size=body.size, problem=event.problem,
+                code=reply.code)
+            return
+        source = body.finish()
+        try:
+            replies = await self.ctx.pipeline.deliver(self.info, envelope, source, body.size,
+                                                      msg_id)
+        finally:
+            body.discard()
+        self._answer_end(conn, replies)
+        self.stats["messages"] += 1
+        outcome = "delivered" if all(r.code < 300 for r in replies) else "partial"
+        if all(r.code >= 300 for r in replies):
+            outcome = "failed"
+        log(logger, "message", id=msg_id, client=self.info.client_ip, helo=self.info.helo,
+            tls=self.info.tls or "none", from_=str(envelope.sender or ""),
+            to=",".join(recipients), size=body.size, outcome=outcome,
+            codes=",".join(str(r.code) for r in replies))
+
+    def _answer_end(self, conn: core.ServerConnection, replies: list[Reply]) -> None:
+        if self.ctx.lmtp:
+            conn.lmtp_replies(replies)  # RFC 2033 §4.2: one reply per accepted recipient
+            return
+        reply = combine_smtp_reply(replies)
+        if reply.code < 300:
+            conn.accept(reply)
+        else:
+            conn.reject(reply)
+
+    async def _start_tls(self) -> None:
+        conn, transport = self.conn, self.transport
+        assert conn is not None and transport is not None
+        ctx = self.ctx.tls_context
+        if ctx is None or self.info.tls:
+            conn.reject(Reply(454, "4.7.0", "TLS not available"))
+            return
+        conn.accept()
+        self._flush()
+        try:
+            new_transport = await self.loop.start_tls(transport, self, ctx, server_side=True)
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            log(logger, "TLS handshake failed", logging.INFO, client=self.info.client_ip,
+                error=str(exc))
+            self._lost = True
+            transport.abort()
+            return
+        if new_transport is None:
+            self._lost = True
+            return
+        self.transport = new_transport
+        self._note_tls()
+        # RFC 3207 §4.2: forget everything from before TLS; the core also drops any
+        # plaintext that was pipelined after STARTTLS (CVE-2011-0411).
+        self._reset()
+        self.info.helo = ""
+        conn.tls_started(replace(self.ctx.session_config, tls_active=True,
+                                 starttls_available=False))
+
+    def _note_tls(self) -> None:
+        assert self.transport is not None
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return
+        cipher = ssl_object.cipher()
+        if cipher:
+            self.info.tls = f"{ssl_object.version()} with cipher {cipher[0]} ({cipher[2]}/{cipher[2]} bits)"
+        else:
+            self.info.tls = str(ssl_object.version())
+        self.info.protocol = "LMTPS" if self.ctx.lmtp else "ESMTPS"
+
+
+class SMTPListener:
+    """One listening socket (TCP or Unix) speaking SMTP or LMTP."""
+
+    def __init__(self, name: str, context: ReceiverContext):
+        self.name = name
+        self.context = context
+        self.counter = ConnectionCounter()
+        self.server: asyncio.base_events.Server | None = None
+        self.sessions: set[SMTPSession] = set()
+
+    def _factory(self) -> SMTPSession:
+        session = SMTPSession(self.context, self.counter)
+        self.sessions.add(session)
+        return session
+
+    def _prune(self) -> None:
+        self.sessions = {s for s in self.sessions if not s._lost}
+
+    async def start(self, sock) -> None:
+        """Serve on an already bound socket (bound before privileges were dropped)."""
+        loop = asyncio.get_running_loop()
+        ssl_ctx = self.context.tls_context if self.context.implicit_tls else None
+
+        def factory() -> SMTPSession:
+            self._prune()
+            return self._factory()
+
+        if sock.family == getattr(__import__("socket"), "AF_UNIX", None):
+            self.server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx)
+        else:
+            self.server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx,
+                                                   ssl_handshake_timeout=30)
+
+    def update(self, context: ReceiverContext) -> None:
+        """New sessions use the new context (config reload); running ones keep theirs."""
+        self.context = context
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self.server is not None:
+            self.server.close()
+        tasks = [s.task for s in self.sessions if s.task is not None and not s.task.done()]
+        for session in self.sessions:
+            session.request_shutdown()
+        if tasks:
+            # A delivery in flight completes and is acknowledged; idle sessions get 421 at
+            # once; a body still arriving is abandoned (it was never acknowledged).
+            done, pending = await asyncio.wait(tasks, timeout=grace)
+            for session in self.sessions:
+                if session.transport is not None and not session._lost:
+                    session.transport.close()
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)

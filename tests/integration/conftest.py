@@ -1,0 +1,170 @@
+"""A real `mailkeep serve` process on loopback, with a config exercising the addressing rules."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MAILKEEP = str(Path(sys.executable).with_name("mailkeep"))
+
+CONFIG = """\
+hostname = "mx.example.test"
+data_dir = "data"
+
+[log]
+format = "logfmt"
+level = "info"
+file = "{log}"
+
+[smtp]
+message_size_limit = "256K"
+max_recipients = 10
+max_connections_per_ip = 30
+soft_error_limit = 3
+hard_error_limit = 5
+error_sleep = "0.2s"
+command_timeout = "20s"
+
+[[listeners]]
+protocol = "smtp"
+address = "127.0.0.1:{smtp}"
+
+[[listeners]]
+protocol = "lmtp"
+address = "unix:{lmtp}"
+
+[domains."example.test"]
+catch_all = "catch@example.test"
+subaddress_separator = "+"
+subaddress_to_folder = true
+burned = ["burned@example.test"]
+
+[domains."other.test"]
+personalized_catch_all = true
+
+[domains."bücher.test"]
+
+[accounts."demo@example.test"]
+name = "Demo"
+
+[accounts."catch@example.test"]
+
+[accounts."small@example.test"]
+quota = "4K"
+
+[accounts."relay@example.test"]
+relay_only = true
+
+[accounts."me@other.test"]
+
+[accounts."leser@bücher.test"]
+
+[aliases]
+"team@example.test" = ["demo@example.test", "me@other.test"]
+"postmaster@example.test" = "demo@example.test"
+"abuse@example.test" = "demo@example.test"
+"outside@example.test" = ["demo@example.test", "someone@elsewhere.test"]
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not open")
+
+
+@dataclass
+class RunningServer:
+    dir: Path
+    config: Path
+    smtp_port: int
+    lmtp_socket: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([MAILKEEP, "serve", "--config", str(self.config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_port(self.smtp_port, proc=self.proc)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self.proc = None
+        return code
+
+    def messages(self, account: str, mailbox: str = "INBOX") -> list[bytes]:
+        """Every message of a mailbox, read through the store (another process, as the CLI does)."""
+        from mailkeep.store import open_store
+
+        store = open_store(self.data_dir)
+        try:
+            return [store.read_message(account, mailbox, m.uid)
+                    for m in store.list_messages(account, mailbox)]
+        finally:
+            store.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([MAILKEEP, *args], input=input, capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "MAILKEEP_CONFIG": str(self.config)})
+
+
+def make_server(directory: Path) -> RunningServer:
+    directory.mkdir(parents=True, exist_ok=True)
+    smtp = free_port()
+    lmtp = directory / "lmtp.sock"
+    log = directory / "mailkeep.log"
+    config = directory / "mailkeep.toml"
+    config.write_text(CONFIG.format(smtp=smtp, lmtp=lmtp, log=log))
+    return RunningServer(directory, config, smtp, lmtp, log)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> RunningServer:
+    srv = make_server(tmp_path_factory.mktemp("mailkeep"))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def fresh_server(tmp_path) -> RunningServer:
+    srv = make_server(tmp_path / "mk")
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        srv.stop()
