@@ -1,0 +1,784 @@
+"""Reading and validating ``mailkeep.toml`` (TOML 1.0, read with the standard tomllib).
+
+``load_config`` returns a validated, frozen ``Config`` or raises ``ConfigError`` listing
+every problem at once, each with the file, the key path (``domains."example.com".catch_all``),
+what is wrong and what is allowed. Unknown keys are errors with a "did you mean"
+suggestion: a misspelt limit silently falling back to its default is how servers end up
+less safe than their administrators think.
+
+Validation is pure (it looks at the text only), so the same function checks a file before
+``mailkeep.config.edit`` writes it. Checks that look at the machine (certificate files,
+the passwd file, the ``run_as`` user) live in ``mailkeep.config.check``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import fields, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from mailkeep.config.names import (
+    InvalidName,
+    canonical_address,
+    canonical_domain,
+    display_domain,
+)
+from mailkeep.config.schema import (
+    BARE_NEWLINES,
+    DEFAULT_DATA_DIR,
+    DEFAULT_SUBADDRESS_SEPARATOR,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    MAX_ACCOUNT_NAME_LENGTH,
+    MAX_ALIAS_TARGETS,
+    MAX_SUBADDRESS_SEPARATORS,
+    PASSWORD_PROTOCOLS,
+    PROTOCOL_DEFAULT_TLS,
+    PROTOCOLS,
+    TLS_MODES,
+    Account,
+    Config,
+    ConfigError,
+    ConfigIssue,
+    Domain,
+    Listener,
+    LogConfig,
+    SmtpConfig,
+    TlsConfig,
+)
+from mailkeep.units import parse_duration, parse_size
+
+# A configuration file larger than this is refused unread: it is certainly a mistake
+# (a log or a mailbox passed with -c), and reading it whole would cost memory.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+
+TOP_LEVEL_KEYS = ("hostname", "data_dir", "run_as", "postmaster", "log", "tls", "smtp",
+                  "listeners", "domains", "accounts", "aliases")
+LOG_KEYS = ("format", "level", "file")
+TLS_KEYS = ("cert", "key")
+SMTP_KEYS = tuple(f.name for f in fields(SmtpConfig))
+LISTENER_KEYS = ("protocol", "address", "tls")
+DOMAIN_KEYS = ("catch_all", "personalized_catch_all", "subaddress_separator",
+               "subaddress_to_folder", "burned")
+ACCOUNT_KEYS = ("name", "quota", "quota_messages", "relay_only", "aliases")
+
+# Characters that may separate a sub-address detail: RFC 5322 §3.2.3 atext that is not a
+# letter or digit (a letter would split ordinary names; "." would split "first.last").
+SUBADDRESS_SEPARATOR_CHARS = "+-_=#%&~!$*/?^`{|}'"
+
+# (minimum, maximum) of each integer, size and duration limit in [smtp].
+_SMTP_RANGES: dict[str, tuple[float, float]] = {
+    "message_size_limit": (1024, 1 << 40),
+    "max_recipients": (1, 100_000),
+    "max_connections": (1, 1_000_000),
+    "max_connections_per_ip": (1, 1_000_000),
+    "max_commands": (10, 10_000_000),
+    "soft_error_limit": (0, 1000),
+    "hard_error_limit": (1, 1000),
+    "error_sleep": (0, 300),
+    "command_timeout": (1, 3600),
+    "data_timeout": (1, 86400),
+    # RFC 5321 §4.5.3.1.6: a line of 1000 octets (with CRLF) must always be accepted.
+    "max_data_line": (1000, 100 * 1024 * 1024),
+}
+_SMTP_SIZES = {"message_size_limit"}
+_SMTP_DURATIONS = {"error_sleep", "command_timeout", "data_timeout"}
+_MAX_QUOTA = 1 << 50
+_MAX_QUOTA_MESSAGES = 1 << 40
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+_RUN_AS = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+_DEFAULT_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993,
+                  "pop3": 110, "pop3s": 995, "lmtp": 24, "http": 80}
+
+
+def key_path(*parts: str | int) -> str:
+    """Render a key path the way it is written in TOML: ``domains."example.com".burned[2]``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        rendered = part if _BARE_KEY.match(part) else json.dumps(part, ensure_ascii=False)
+        out = f"{out}.{rendered}" if out else rendered
+    return out
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, validate and return the configuration at ``path``.
+
+    Raises ConfigError (with every problem found) if the file cannot be read or is invalid.
+    Warnings are in ``Config.warnings``.
+    """
+    file = Path(path)
+    label = str(path)
+    try:
+        with open(file, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(label, "", f"cannot read the configuration file: {exc.strerror or exc}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(label, "", f"the file is larger than {MAX_CONFIG_BYTES} bytes; "
+                          "is it really the configuration?")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(label, "", f"the file is not UTF-8 (byte {exc.start})") from None
+    return parse_config_text(text, file, label=label)
+
+
+def parse_config_text(text: str, path: str | Path, *, label: str | None = None) -> Config:
+    """Validate configuration ``text`` as if it were the file at ``path``.
+
+    Relative paths in the text are taken relative to the directory of ``path``; ``label``
+    (default: ``path`` as given) names the file in messages.
+    """
+    label = label if label is not None else str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(label, "", f"not valid TOML: {exc}") from None
+    return build_config(data, Path(path), label=label)
+
+
+def build_config(data: Mapping[str, Any], path: Path, *, label: str | None = None) -> Config:
+    """Validate an already-parsed TOML document; see ``parse_config_text``."""
+    loader = _Loader(label if label is not None else str(path), Path(path).absolute())
+    return loader.build(data)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return f"{type(value).__name__} {value!r}"
+
+
+class _Loader:
+    """Collects every error and warning while building a Config."""
+
+    def __init__(self, label: str, path: Path) -> None:
+        self.label = label
+        self.path = path
+        self.base_dir = path.parent
+        self.errors: list[ConfigIssue] = []
+        self.warnings: list[ConfigIssue] = []
+        # Keys as written in the file, by canonical name, to point errors at the right line.
+        self._domain_keys: dict[str, str] = {}
+        self._account_keys: dict[str, str] = {}
+        # Every address an account or alias answers to -> what it is, to find collisions.
+        self._owner: dict[str, str] = {}
+        # Addresses in accounts.X.aliases -> X.
+        self._alias_owner: dict[str, str] = {}
+
+    # -- reporting ----------------------------------------------------------------------
+
+    def error(self, key: str, message: str, allowed: str | None = None) -> None:
+        self.errors.append(ConfigIssue(self.label, key, message, allowed))
+
+    def warn(self, key: str, message: str) -> None:
+        self.warnings.append(ConfigIssue(self.label, key, message))
+
+    # -- typed getters ------------------------------------------------------------------
+
+    def table(self, value: Any, *key: str | int) -> dict[str, Any] | None:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.error(key_path(*key), f"expected a table, got {_describe(value)}")
+            return None
+        return value
+
+    def known_keys(self, table: Mapping[str, Any], allowed: Sequence[str], *prefix: str | int) -> None:
+        for name in table:
+            if name in allowed:
+                continue
+            where = key_path(*prefix, name)
+            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+            if close:
+                self.error(where, f"unknown key; did you mean {close[0]!r}?")
+            else:
+                self.error(where, "unknown key", allowed=", ".join(allowed))
+
+    def string(self, table: Mapping[str, Any], name: str, prefix: tuple[str | int, ...],
+               default: str | None = None, *, required: bool = False,
+               hint: str = "") -> str | None:
+        if name not in table:
+            if required:
+                self.error(key_path(*prefix, name), "required setting is missing" + hint)
+            return default
+        value = table[name]
+        if not isinstance(value, str):
+            self.error(key_path(*prefix, name), f"expected a string, got {_describe(value)}")
+            return default
+        return value
+
+    def boolean(self, table: Mapping[str, Any], name: str, prefix: tuple[str | int, ...],
+                default: bool) -> bool:
+        if name not in table:
+            return default
+        value = table[name]
+        if not isinstance(value, bool):
+            self.error(key_path(*prefix, name), f"expected true or false, got {_describe(value)}",
+                       allowed="true, false")
+            return default
+        return value
+
+    def choice(self, table: Mapping[str, Any], name: str, prefix: tuple[str | int, ...],
+               choices: Sequence[str], default: str | None) -> str | None:
+        value = self.string(table, name, prefix, default)
+        if value is not None and value not in choices:
+            self.error(key_path(*prefix, name), f"{value!r} is not a valid value",
+                       allowed=", ".join(choices))
+            return default
+        return value
+
+    def number(self, table: Mapping[str, Any], name: str, prefix: tuple[str | int, ...],
+               default: float, low: float, high: float, kind: str) -> Any:
+        """An integer ("int"), a size ("size": "100M") or a duration ("duration": "17s")."""
+        if name not in table:
+            return default
+        value = table[name]
+        where = key_path(*prefix, name)
+        try:
+            if kind == "size":
+                parsed: float = parse_size(value)
+            elif kind == "duration":
+                parsed = parse_duration(value)
+            else:
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"expected an integer, got {_describe(value)}")
+                parsed = value
+        except (ValueError, TypeError) as exc:
+            self.error(where, str(exc))
+            return default
+        if not low <= parsed <= high:
+            self.error(where, f"{value!r} is out of range", allowed=self._range(low, high, kind))
+            return default
+        return parsed
+
+    @staticmethod
+    def _range(low: float, high: float, kind: str) -> str:
+        if kind == "size":
+            return f"{int(low)} to {int(high)} bytes"
+        if kind == "duration":
+            return f"{low:g} to {high:g} seconds"
+        return f"{int(low)} to {int(high)}"
+
+    def file_path(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.base_dir / path
+
+    # -- the document -------------------------------------------------------------------
+
+    def build(self, data: Mapping[str, Any]) -> Config:
+        self.known_keys(data, TOP_LEVEL_KEYS)
+        hostname = self._hostname(data)
+        data_dir_text = self.string(data, "data_dir", (), DEFAULT_DATA_DIR) or DEFAULT_DATA_DIR
+        if not data_dir_text.strip():
+            self.error("data_dir", "cannot be empty")
+            data_dir_text = DEFAULT_DATA_DIR
+        data_dir = self.file_path(data_dir_text)
+        run_as = self.string(data, "run_as", ())
+        if run_as is not None and not _RUN_AS.match(run_as):
+            self.error("run_as", f"{run_as!r} is not a user name",
+                       allowed="a system user name such as \"mailkeep\"")
+            run_as = None
+        log = self._log(data)
+        tls = self._tls(data)
+        smtp = self._smtp(data)
+        listeners = self._listeners(data, data_dir)
+        domains, burned_raw = self._domains(data)
+        accounts = self._accounts(data, domains)
+        aliases = self._aliases(data, domains, accounts)
+        domains = self._check_domain_targets(domains, burned_raw, accounts, aliases)
+        postmaster = self._postmaster(data, domains, accounts, aliases)
+
+        config = Config(
+            path=self.path, hostname=hostname, data_dir=data_dir, run_as=run_as,
+            postmaster=postmaster, log=log, tls=tls, smtp=smtp, listeners=listeners,
+            domains=_frozen(domains), accounts=_frozen(accounts),
+            aliases=_frozen({k: v[0] for k, v in aliases.items()}),
+        )
+        self._check_resolution(config, aliases)
+        if self.errors:
+            raise ConfigError(self.label, errors=self.errors)
+        return replace(config, warnings=tuple(self.warnings))
+
+    def _hostname(self, data: Mapping[str, Any]) -> str:
+        raw = self.string(data, "hostname", (), required=True,
+                          hint=": the name of this server in DNS, such as \"mail.example.com\"")
+        if raw is None:
+            return "localhost"
+        try:
+            name = canonical_domain(raw)
+        except InvalidName as exc:
+            self.error("hostname", str(exc), allowed="a fully qualified domain name or \"localhost\"")
+            return "localhost"
+        if "." not in name and name != "localhost":
+            # RFC 5321 §4.1.1.1: the greeting names the server by its fully qualified name.
+            self.error("hostname", f"{raw!r} is not fully qualified",
+                       allowed="a fully qualified domain name or \"localhost\"")
+        return name
+
+    def _log(self, data: Mapping[str, Any]) -> LogConfig:
+        table = self.table(data.get("log"), "log")
+        if table is None:
+            return LogConfig()
+        self.known_keys(table, LOG_KEYS, "log")
+        fmt = self.choice(table, "format", ("log",), LOG_FORMATS, "logfmt")
+        level = self.choice(table, "level", ("log",), LOG_LEVELS, "info")
+        file = self.string(table, "file", ("log",), "")
+        return LogConfig(format=fmt, level=level,  # type: ignore[arg-type]
+                         file=self.file_path(file) if file else None)
+
+    def _tls(self, data: Mapping[str, Any]) -> TlsConfig:
+        table = self.table(data.get("tls"), "tls")
+        if table is None:
+            return TlsConfig()
+        self.known_keys(table, TLS_KEYS, "tls")
+        cert = self.string(table, "cert", ("tls",), "")
+        key = self.string(table, "key", ("tls",), "")
+        if bool(cert) != bool(key):
+            missing = "key" if cert else "cert"
+            self.error(key_path("tls", missing), "required when the other of cert and key is set",
+                       allowed="both cert and key, or neither for a generated self-signed certificate")
+            return TlsConfig()
+        if cert and key:
+            return TlsConfig(cert=self.file_path(cert), key=self.file_path(key))
+        return TlsConfig()
+
+    def _smtp(self, data: Mapping[str, Any]) -> SmtpConfig:
+        table = self.table(data.get("smtp"), "smtp")
+        if table is None:
+            return SmtpConfig()
+        self.known_keys(table, SMTP_KEYS, "smtp")
+        defaults = SmtpConfig()
+        values: dict[str, Any] = {}
+        for name, (low, high) in _SMTP_RANGES.items():
+            kind = "size" if name in _SMTP_SIZES else "duration" if name in _SMTP_DURATIONS else "int"
+            values[name] = self.number(table, name, ("smtp",), getattr(defaults, name), low, high, kind)
+        values["bare_newlines"] = self.choice(table, "bare_newlines", ("smtp",), BARE_NEWLINES, "reject")
+        smtp = SmtpConfig(**values)
+        if smtp.soft_error_limit > smtp.hard_error_limit:
+            self.error("smtp.soft_error_limit",
+                       f"{smtp.soft_error_limit} is larger than hard_error_limit ({smtp.hard_error_limit})",
+                       allowed="a number not above hard_error_limit")
+        if smtp.max_connections_per_ip > smtp.max_connections:
+            self.error("smtp.max_connections_per_ip",
+                       f"{smtp.max_connections_per_ip} is larger than max_connections ({smtp.max_connections})",
+                       allowed="a number not above max_connections")
+        if smtp.max_recipients < 100:
+            self.warn("smtp.max_recipients", "RFC 5321 §4.5.3.1.8 asks servers to accept at least "
+                      "100 recipients per message; senders will have to retry the rest")
+        if smtp.command_timeout < 300:
+            self.warn("smtp.command_timeout", "RFC 5321 §4.5.3.2.7 asks servers to wait at least "
+                      "5 minutes for the next command")
+        return smtp
+
+    def _listeners(self, data: Mapping[str, Any], data_dir: Path) -> tuple[Listener, ...]:
+        if "listeners" not in data:
+            return (
+                Listener("smtp", "0.0.0.0:25", "starttls", host="0.0.0.0", port=25),
+                Listener("lmtp", f"unix:{data_dir / 'lmtp.sock'}", "none",
+                         path=data_dir / "lmtp.sock"),
+            )
+        raw = data["listeners"]
+        if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+            self.error("listeners", f"expected an array of tables ([[listeners]]), got {_describe(raw)}")
+            return ()
+        listeners: list[Listener] = []
+        seen: dict[tuple[Any, ...], int] = {}
+        for index, table in enumerate(raw):
+            prefix: tuple[str | int, ...] = ("listeners", index)
+            self.known_keys(table, LISTENER_KEYS, *prefix)
+            protocol = self.choice(table, "protocol", prefix, PROTOCOLS, None)
+            if "protocol" not in table:
+                self.error(key_path(*prefix, "protocol"), "required setting is missing",
+                           allowed=", ".join(PROTOCOLS))
+            address = self.string(table, "address", prefix, required=True,
+                                  hint=": such as \"0.0.0.0:25\", \"[::]:25\" or \"unix:/run/mailkeep/lmtp.sock\"")
+            if protocol is None or address is None:
+                continue
+            tls = self.choice(table, "tls", prefix, TLS_MODES, PROTOCOL_DEFAULT_TLS[protocol])
+            listener = self._listener(protocol, address, tls or "none", prefix)
+            if listener is None:
+                continue
+            identity = ("unix", listener.path) if listener.path else ("tcp", listener.host, listener.port)
+            if identity in seen and listener.port != 0:
+                self.error(key_path(*prefix, "address"),
+                           f"{address!r} is already used by listeners[{seen[identity]}]")
+                continue
+            seen[identity] = index
+            if (protocol in PASSWORD_PROTOCOLS and listener.tls == "none" and listener.host
+                    and not ipaddress.ip_address(listener.host).is_loopback):
+                self.warn(key_path(*prefix, "tls"),
+                          f"{protocol} without TLS on {address} lets passwords cross the network in clear")
+            listeners.append(listener)
+        if not listeners and not self.errors:
+            self.warn("listeners", "no listeners: the server will not accept any connection")
+        return tuple(listeners)
+
+    def _listener(self, protocol: str, address: str, tls: str,
+                  prefix: tuple[str | int, ...]) -> Listener | None:
+        where = key_path(*prefix, "address")
+        allowed = "\"IPv4:port\", \"[IPv6]:port\" or \"unix:/path/to/socket\""
+        if address.startswith("unix:"):
+            socket_path = address[len("unix:"):]
+            if not socket_path or "\0" in socket_path:
+                self.error(where, f"{address!r} has no socket path", allowed=allowed)
+                return None
+            return Listener(protocol, address, tls, path=self.file_path(socket_path))  # type: ignore[arg-type]
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not host:
+            self.error(where, f"{address!r} has no port (the {protocol} port is usually "
+                       f"{_DEFAULT_PORTS[protocol]})", allowed=allowed)
+            return None
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            version = 6
+        else:
+            version = 4
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            self.error(where, f"{host!r} is not an IP address", allowed=allowed)
+            return None
+        if ip.version != version:
+            self.error(where, f"{address!r}: write IPv6 addresses in brackets, such as \"[::]:25\"",
+                       allowed=allowed)
+            return None
+        if not port_text.isascii() or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            self.error(where, f"{port_text!r} is not a port number", allowed="0 to 65535")
+            return None
+        return Listener(protocol, address, tls, host=str(ip), port=int(port_text))  # type: ignore[arg-type]
+
+    # -- domains, accounts, aliases -----------------------------------------------------
+
+    def _domains(self, data: Mapping[str, Any]) -> tuple[dict[str, Domain], dict[str, list[tuple[int | None, str]]]]:
+        table = self.table(data.get("domains"), "domains")
+        domains: dict[str, Domain] = {}
+        burned_raw: dict[str, list[tuple[int | None, str]]] = {}
+        if not table:
+            return domains, burned_raw
+        for raw_name, value in table.items():
+            prefix: tuple[str | int, ...] = ("domains", raw_name)
+            try:
+                name = canonical_domain(raw_name)
+            except InvalidName as exc:
+                self.error(key_path(*prefix), str(exc))
+                continue
+            if name in domains:
+                self.error(key_path(*prefix), f"the same domain as {self._domain_keys[name]!r} "
+                           f"(both are {name!r} in lower-case IDNA form)")
+                continue
+            settings = self.table(value, *prefix)
+            if settings is None:
+                continue
+            for sub, sub_value in settings.items():
+                if sub not in DOMAIN_KEYS and isinstance(sub_value, dict):
+                    self.error(key_path(*prefix, sub), "unknown key; is this a domain name "
+                               f"without quotes? Write [domains.\"{raw_name}.{sub}\"]")
+            self.known_keys({k: v for k, v in settings.items()
+                             if k in DOMAIN_KEYS or not isinstance(v, dict)}, DOMAIN_KEYS, *prefix)
+            separator = self.string(settings, "subaddress_separator", prefix,
+                                    DEFAULT_SUBADDRESS_SEPARATOR)
+            if separator is None:
+                separator = DEFAULT_SUBADDRESS_SEPARATOR
+            bad = [ch for ch in separator if ch not in SUBADDRESS_SEPARATOR_CHARS]
+            if bad or len(separator) > MAX_SUBADDRESS_SEPARATORS:
+                self.error(key_path(*prefix, "subaddress_separator"),
+                           f"{separator!r} is not a set of separator characters",
+                           allowed=f"up to {MAX_SUBADDRESS_SEPARATORS} of {SUBADDRESS_SEPARATOR_CHARS}, "
+                           "or \"\" to disable sub-addressing")
+                separator = DEFAULT_SUBADDRESS_SEPARATOR
+            catch_all = self.string(settings, "catch_all", prefix)
+            burned_raw[name] = self._string_list(settings, "burned", prefix)
+            self._domain_keys[name] = raw_name
+            domains[name] = Domain(
+                name=name,
+                catch_all=catch_all or None,
+                personalized_catch_all=self.boolean(settings, "personalized_catch_all", prefix, False),
+                subaddress_separator=separator,
+                subaddress_to_folder=self.boolean(settings, "subaddress_to_folder", prefix, False),
+            )
+        return domains, burned_raw
+
+    def _string_list(self, table: Mapping[str, Any], name: str,
+                     prefix: tuple[str | int, ...]) -> list[tuple[int | None, str]]:
+        """A string or an array of strings, with the index of each (None for a lone string)."""
+        if name not in table:
+            return []
+        value = table[name]
+        where = key_path(*prefix, name)
+        if isinstance(value, str):
+            return [(None, value)]
+        if not isinstance(value, list):
+            self.error(where, f"expected an array of addresses, got {_describe(value)}")
+            return []
+        if len(value) > MAX_ALIAS_TARGETS:
+            self.error(where, f"has {len(value)} entries", allowed=f"at most {MAX_ALIAS_TARGETS}")
+            return []
+        items: list[tuple[int | None, str]] = []
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                self.error(key_path(*prefix, name, index), f"expected an address, got {_describe(item)}")
+                continue
+            items.append((index, item))
+        return items
+
+    def _local_address(self, raw: str, where: str, domains: Mapping[str, Domain]) -> str | None:
+        """Canonical form of an address that must be in one of our domains."""
+        try:
+            address = canonical_address(raw)
+        except InvalidName as exc:
+            self.error(where, str(exc))
+            return None
+        domain = address.rpartition("@")[2]
+        if domain not in domains:
+            self.error(where, f"the domain of {raw!r} is not a domain of this server",
+                       allowed=self._domain_list(domains))
+            return None
+        return address
+
+    @staticmethod
+    def _domain_list(domains: Mapping[str, Domain]) -> str:
+        if not domains:
+            return "a domain listed in [domains]; there are none yet"
+        names = ", ".join(display_domain(name) for name in list(domains)[:10])
+        more = ", …" if len(domains) > 10 else ""
+        return f"a domain listed in [domains]: {names}{more}"
+
+    def _accounts(self, data: Mapping[str, Any], domains: Mapping[str, Domain]) -> dict[str, Account]:
+        table = self.table(data.get("accounts"), "accounts")
+        accounts: dict[str, Account] = {}
+        if not table:
+            return accounts
+        for raw_address, value in table.items():
+            prefix: tuple[str | int, ...] = ("accounts", raw_address)
+            address = self._local_address(raw_address, key_path(*prefix), domains)
+            if address is None:
+                continue
+            if address in accounts:
+                self.error(key_path(*prefix), f"the same account as {self._account_keys[address]!r}")
+                continue
+            settings = self.table(value, *prefix)
+            if settings is None:
+                continue
+            self.known_keys(settings, ACCOUNT_KEYS, *prefix)
+            name = self.string(settings, "name", prefix, "") or ""
+            if len(name) > MAX_ACCOUNT_NAME_LENGTH or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+                self.error(key_path(*prefix, "name"), "not a usable display name",
+                           allowed=f"up to {MAX_ACCOUNT_NAME_LENGTH} characters, no control characters")
+                name = ""
+            quota = self.number(settings, "quota", prefix, 0, 0, _MAX_QUOTA, "size")
+            quota_messages = self.number(settings, "quota_messages", prefix, 0, 0, _MAX_QUOTA_MESSAGES, "int")
+            relay_only = self.boolean(settings, "relay_only", prefix, False)
+            own_aliases: list[str] = []
+            for index, raw_alias in self._string_list(settings, "aliases", prefix):
+                where = key_path(*prefix, "aliases", *(() if index is None else (index,)))
+                alias = self._local_address(raw_alias, where, domains)
+                if alias is None:
+                    continue
+                if alias == address or alias in own_aliases:
+                    self.error(where, f"{raw_alias!r} is listed twice")
+                    continue
+                own_aliases.append(alias)
+            self._account_keys[address] = raw_address
+            accounts[address] = Account(address=address, name=name, quota=int(quota),
+                                        quota_messages=int(quota_messages), relay_only=relay_only,
+                                        aliases=tuple(own_aliases))
+            if relay_only and own_aliases:
+                self.warn(key_path(*prefix, "aliases"), "the account is relay-only: mail to "
+                          "these aliases is rejected as unknown")
+        # Collisions between accounts and the aliases of other accounts.
+        for address in accounts:
+            self._owner[address] = "an account"
+        for address, account in list(accounts.items()):
+            kept: list[str] = []
+            for index, alias in enumerate(account.aliases):
+                if alias in self._owner:
+                    self.error(key_path("accounts", self._account_keys[address], "aliases", index),
+                               f"{alias!r} is already {self._owner[alias]}")
+                    continue
+                self._owner[alias] = f"an alias of account {address!r}"
+                self._alias_owner[alias] = address
+                kept.append(alias)
+            if len(kept) != len(account.aliases):
+                accounts[address] = replace(account, aliases=tuple(kept))
+        return accounts
+
+    def _aliases(self, data: Mapping[str, Any], domains: Mapping[str, Domain],
+                 accounts: Mapping[str, Account]) -> dict[str, tuple[tuple[str, ...], str]]:
+        """[aliases] -> {canonical alias: (canonical targets, the key as written)}."""
+        table = self.table(data.get("aliases"), "aliases")
+        aliases: dict[str, tuple[tuple[str, ...], str]] = {}
+        if not table:
+            return aliases
+        for raw_alias, value in table.items():
+            prefix: tuple[str | int, ...] = ("aliases", raw_alias)
+            alias = self._local_address(raw_alias, key_path(*prefix), domains)
+            if alias is None:
+                continue
+            if alias in aliases:
+                self.error(key_path(*prefix), f"the same alias as {aliases[alias][1]!r}")
+                continue
+            if alias in self._owner:
+                self.error(key_path(*prefix), f"{raw_alias!r} is already {self._owner[alias]}; "
+                           "an address is either an account or an alias")
+                continue
+            if isinstance(value, list) and not value:
+                self.error(key_path(*prefix), "an alias needs at least one target",
+                           allowed="an address or an array of addresses")
+                continue
+            if not isinstance(value, str | list):
+                self.error(key_path(*prefix), f"expected an address or an array of addresses, got {_describe(value)}")
+                continue
+            targets: list[str] = []
+            for index, raw_target in self._string_list(table, raw_alias, ("aliases",)):
+                where = key_path(*prefix, *(() if index is None else (index,)))
+                try:
+                    target = canonical_address(raw_target)
+                except InvalidName as exc:
+                    self.error(where, str(exc))
+                    continue
+                if target == alias:
+                    self.error(where, "an alias cannot point to itself")
+                    continue
+                if target not in targets:
+                    targets.append(target)
+            if targets:
+                aliases[alias] = (tuple(targets), raw_alias)
+                self._owner[alias] = "an alias in [aliases]"
+        return aliases
+
+    def _deliverable(self, address: str, accounts: Mapping[str, Account],
+                     aliases: Mapping[str, Any]) -> str | None:
+        """None if ``address`` names a local mailbox or alias, else why it does not."""
+        account = accounts.get(address)
+        if account is not None and account.relay_only:
+            return f"{address!r} is a relay-only account, which has no mailbox"
+        if account is not None or address in aliases:
+            return None
+        owner_address = self._alias_owner.get(address)
+        if owner_address is not None:
+            if accounts[owner_address].relay_only:
+                return f"{address!r} belongs to a relay-only account, which has no mailbox"
+            return None
+        return "not an account or alias of this server"
+
+    def _check_domain_targets(self, domains: dict[str, Domain],
+                              burned_raw: Mapping[str, list[tuple[int | None, str]]],
+                              accounts: Mapping[str, Account],
+                              aliases: Mapping[str, Any]) -> dict[str, Domain]:
+        checked: dict[str, Domain] = {}
+        for name, domain in domains.items():
+            prefix = ("domains", self._domain_keys[name])
+            catch_all = domain.catch_all
+            if catch_all is not None:
+                where = key_path(*prefix, "catch_all")
+                catch_all = self._target_in(catch_all, where, domains, accounts, aliases)
+            burned: set[str] = set()
+            for index, raw in burned_raw.get(name, []):
+                where = key_path(*prefix, "burned", *(() if index is None else (index,)))
+                try:
+                    address = canonical_address(raw)
+                except InvalidName as exc:
+                    self.error(where, str(exc))
+                    continue
+                if address.rpartition("@")[2] != name:
+                    self.error(where, f"{raw!r} is not an address in {display_domain(name)}",
+                               allowed=f"addresses ending in @{display_domain(name)}")
+                    continue
+                if address in self._owner:
+                    self.error(where, f"{raw!r} is {self._owner[address]}; remove it from burned "
+                               "or remove the account or alias")
+                    continue
+                burned.add(address)
+            checked[name] = replace(domain, catch_all=catch_all, burned=frozenset(burned))
+        return checked
+
+    def _target_in(self, raw: str, where: str, domains: Mapping[str, Domain],
+                   accounts: Mapping[str, Account], aliases: Mapping[str, Any]) -> str | None:
+        """Validate a catch_all/postmaster target: an account or alias (or a sub-address)."""
+        allowed = "an address in accounts or aliases"
+        try:
+            address = canonical_address(raw)
+        except InvalidName as exc:
+            self.error(where, str(exc), allowed=allowed)
+            return None
+        problem = self._deliverable(address, accounts, aliases)
+        if problem and problem.startswith("not an"):
+            local, _, domain_name = address.rpartition("@")
+            domain = domains.get(domain_name)
+            if domain is not None:
+                from mailkeep.addressing import split_subaddress
+
+                split = split_subaddress(local, domain.subaddress_separator)
+                if split is not None:
+                    problem = self._deliverable(f"{split[0]}@{domain_name}", accounts, aliases)
+        if problem:
+            if problem.startswith("not an"):
+                self.error(where, f"{raw!r} is {problem}", allowed=allowed)
+            else:
+                self.error(where, problem, allowed=allowed)
+            return None
+        return address
+
+    def _postmaster(self, data: Mapping[str, Any], domains: Mapping[str, Domain],
+                    accounts: Mapping[str, Account], aliases: Mapping[str, Any]) -> str | None:
+        raw = self.string(data, "postmaster", ())
+        if not raw:
+            return None
+        return self._target_in(raw, "postmaster", domains, accounts, aliases)
+
+    def _check_resolution(self, config: Config,
+                          aliases: Mapping[str, tuple[tuple[str, ...], str]]) -> None:
+        """Expand every alias, and check postmaster@ and abuse@ of every domain."""
+        from mailkeep.addressing import Resolver
+
+        resolver = Resolver(config)
+        reported: set[tuple[str, str | None]] = set()
+        for problem in resolver.problems:
+            if problem.source not in aliases or (problem.source, problem.target) in reported:
+                continue
+            reported.add((problem.source, problem.target))
+            raw_alias = aliases[problem.source][1]
+            self.error(key_path("aliases", raw_alias), problem.message,
+                       allowed=None if problem.target is None else "accounts, aliases or addresses "
+                       "in other domains")
+        has_mailbox = any(not account.relay_only for account in config.accounts.values())
+        for name in config.domains:
+            prefix = ("domains", self._domain_keys[name])
+            shown = display_domain(name)
+            postmaster = resolver.resolve(f"postmaster@{name}")
+            if postmaster.kind != "deliver":
+                if not has_mailbox:
+                    self.warn(key_path(*prefix), f"no account has a mailbox yet, so mail to "
+                              f"postmaster@{shown} would be rejected (RFC 5321 §4.5.1 requires it)")
+                else:
+                    self.error(key_path(*prefix), f"mail to postmaster@{shown} cannot be delivered "
+                               f"({postmaster.reason}); RFC 5321 §4.5.1 requires it",
+                               allowed="set postmaster, or make postmaster@ an account or alias")
+                continue
+            if resolver.resolve(f"abuse@{name}").kind != "deliver":
+                self.warn(key_path(*prefix), f"abuse@{shown} does not reach anyone (RFC 2142 §2); "
+                          "add an alias or a catch-all")
+
+
+def _frozen(data: dict) -> Mapping:
+    return MappingProxyType(data)
