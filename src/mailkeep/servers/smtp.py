@@ -305,7 +305,9 @@ class SMTPSession(asyncio.Protocol):
                         helo=self.info.helo, to=str(recipient),
                         from_=str(self.envelope.sender or ""), code=reply.code,
                         reason=reply.text)
-                    conn.reject(reply)
+                    # Counted like Postfix does, so guessing addresses is slowed down and
+                    # then disconnected by the error limits.
+                    conn.reject(reply, count_error=True)
             case core.DataStart():
                 self.body = SpooledBody(self.ctx.spool_dir)
                 conn.accept()
@@ -457,8 +459,8 @@ class SMTPListener:
         if sock.family == getattr(__import__("socket"), "AF_UNIX", None):
             self.server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx)
         else:
-            self.server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx,
-                                                   ssl_handshake_timeout=30)
+            extra = {"ssl_handshake_timeout": 30} if ssl_ctx is not None else {}
+            self.server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, **extra)
 
     def update(self, context: ReceiverContext) -> None:
         """New sessions use the new context (config reload); running ones keep theirs."""
@@ -473,7 +475,7 @@ class SMTPListener:
         if tasks:
             # A delivery in flight completes and is acknowledged; idle sessions get 421 at
             # once; a body still arriving is abandoned (it was never acknowledged).
-            done, pending = await asyncio.wait(tasks, timeout=grace)
+            _done, pending = await asyncio.wait(tasks, timeout=grace)
             for session in self.sessions:
                 if session.transport is not None and not session._lost:
                     session.transport.close()

@@ -63,7 +63,7 @@ def generate_self_signed(directory: Path, hostname: str) -> list[CertificatePair
             names += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                       x509.IPAddress(ipaddress.ip_address("::1"))]
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(subject).issuer_name(subject)
