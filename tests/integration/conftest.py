@@ -82,16 +82,21 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    """Wait until an SMTP greeting arrives (the socket is bound before the server is ready)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
+            out = proc.stdout.read() if proc.stdout else b""
+            raise RuntimeError(f"server exited with {proc.returncode}: {out!r}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+                if s.recv(512).startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
         except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} did not open")
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"port {port} did not greet")
 
 
 @dataclass
