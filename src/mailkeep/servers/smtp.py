@@ -372,10 +372,16 @@ class SMTPSession(asyncio.Protocol):
         outcome = "delivered" if all(r.code < 300 for r in replies) else "partial"
         if all(r.code >= 300 for r in replies):
             outcome = "failed"
+        dsn = {}
+        if envelope.envid or envelope.ret:
+            dsn = {"envid": envelope.envid, "ret": envelope.ret}
+        notify = [",".join(r.notify) for r in envelope.recipients if r.notify]
+        if notify:
+            dsn["notify"] = ";".join(notify)
         log(logger, "message", id=msg_id, client=self.info.client_ip, helo=self.info.helo,
             tls=self.info.tls or "none", from_=str(envelope.sender or ""),
             to=",".join(recipients), size=body.size, outcome=outcome,
-            codes=",".join(str(r.code) for r in replies))
+            codes=",".join(str(r.code) for r in replies), **dsn)
 
     def _answer_end(self, conn: core.ServerConnection, replies: list[Reply]) -> None:
         if self.ctx.lmtp:
