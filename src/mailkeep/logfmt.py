@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any, TextIO
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+# Values made only of these characters are written bare; anything else is quoted.
+_BARE = re.compile(r"[!#-<>-\[\]-~]+")
 
 
 def _logfmt_value(value: Any) -> str:
@@ -25,15 +30,22 @@ def _logfmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     text = str(value)
-    if text and all(c > " " and c not in '"=\\' and c.isprintable() for c in text):
+    if _BARE.fullmatch(text):
         return text
     escaped = (text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
                .replace("\r", "\\r").replace("\t", "\\t"))
     return f'"{escaped}"'
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
+    global _last_second
+    second = int(created)
+    if second != _last_second[0]:  # strftime once per second, not once per line
+        _last_second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{_last_second[1]}.{int(created % 1 * 1000):03d}Z"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
