@@ -365,3 +365,23 @@ def test_session_and_message_logs_are_logfmt(server: RunningServer):
     for key in ("ts=", "level=info", "subsystem=smtp", "id=", "client=127.0.0.1", "from_=",
                 "to=demo@example.test", "size=", "outcome=delivered"):
         assert key in last, last
+
+
+def test_smtputf8_and_idna(server: RunningServer):
+    c = _client(server)
+    c.cmd(b"EHLO x.example.net")
+    # Without SMTPUTF8 a UTF-8 address is refused (RFC 6531 §3.5) ...
+    c.cmd(b"MAIL FROM:<a@example.net>")
+    assert c.cmd("RCPT TO:<leser@bücher.test>".encode()).startswith(b"553 5.6.7")
+    c.cmd(b"RSET")
+    # ... with it, U-label domains and UTF-8 local parts work.
+    assert c.cmd("MAIL FROM:<jürgen@example.net> SMTPUTF8".encode()).startswith(b"250")
+    assert c.cmd("RCPT TO:<leser@bücher.test>".encode()).startswith(b"250")
+    assert c.cmd("RCPT TO:<größe@example.test>".encode()).startswith(b"250")  # catch-all
+    assert c.cmd(b"DATA").startswith(b"354")
+    c.send("Subject: utf8 ✓\r\n\r\nhällo\r\n.\r\n".encode())
+    assert c.reply().startswith(b"250")
+    c.close()
+    msg = next(m for m in server.messages("leser@xn--bcher-kva.test") if "utf8 ✓".encode() in m)
+    assert msg.startswith("Return-Path: <jürgen@example.net>\r\n".encode())
+    assert b"with UTF8SMTP id" in msg

@@ -39,6 +39,10 @@ address = "unix:{lmtp_socket}"
 
 [accounts."demo@localhost"]
 name = "Demo User"
+
+[aliases]
+# RFC 2142 role address; postmaster@ always reaches the first account of a domain.
+"abuse@localhost" = "demo@localhost"
 """
 
 
