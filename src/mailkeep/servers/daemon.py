@@ -23,7 +23,6 @@ import os
 import pwd
 import signal
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,8 +288,4 @@ def run_server(config_path: Path, *, banner=None) -> int:
         return 78  # EX_CONFIG
     c = server.config
     setup_logging(c.log.format, c.log.level, c.log.file or None)
-    # The event loop thread does short bursts between syscalls while store threads run
-    # Python too; a shorter GIL switch interval keeps the loop's wait for the GIL after
-    # each send()/recv() short (the default 5 ms makes every reply wait behind them).
-    sys.setswitchinterval(float(os.environ.get("MAILKEEP_SWITCH_INTERVAL", "0.0005")))
     return asyncio.run(server.run())
