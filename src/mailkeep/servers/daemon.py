@@ -30,7 +30,7 @@ from mailkeep.addressing import Resolver
 from mailkeep.config import Config, ConfigError, load_config
 from mailkeep.delivery.pipeline import Pipeline
 from mailkeep.logfmt import log, setup_logging
-from mailkeep.servers.smtp import ListenerLimits, ReceiverContext, SMTPListener
+from mailkeep.servers.smtp import ReceiverContext, SMTPListener
 from mailkeep.servers.tls import TLSManager
 from mailkeep.smtp.server import SessionConfig
 
@@ -134,19 +134,11 @@ class Server:
         lmtp = listener.protocol == "lmtp"
         implicit = listener.tls == "implicit"
         tls_ctx = self.tls.context if self.tls and listener.tls != "none" else None
-        s = config.smtp
         return ReceiverContext(
             pipeline=pipeline,
             session_config=self._session_config(config, lmtp, listener.tls == "starttls",
                                                 implicit),
-            limits=ListenerLimits(
-                max_connections=s.max_connections,
-                max_connections_per_ip=s.max_connections_per_ip,
-                command_timeout=s.command_timeout,
-                data_timeout=s.data_timeout,
-                error_sleep=s.error_sleep,
-                soft_error_limit=s.soft_error_limit,
-            ),
+            limits=config.smtp,
             tls_context=tls_ctx,
             spool_dir=self.spool_dir(config),
             lmtp=lmtp,

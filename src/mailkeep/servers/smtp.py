@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from mailkeep.config.schema import SmtpConfig
 from mailkeep.delivery.pipeline import (
     AcceptedRecipient,
     Envelope,
@@ -45,24 +46,12 @@ def _expire(future: asyncio.Future) -> None:
 
 
 @dataclass
-class ListenerLimits:
-    """The receiver's named limits, from the [smtp] section of the config."""
-
-    max_connections: int = 500
-    max_connections_per_ip: int = 20
-    command_timeout: float = 300.0
-    data_timeout: float = 600.0
-    error_sleep: float = 17.0
-    soft_error_limit: int = 3
-
-
-@dataclass
 class ReceiverContext:
     """Everything a session needs from the running server; swapped whole on reload."""
 
     pipeline: Pipeline
     session_config: core.SessionConfig
-    limits: ListenerLimits
+    limits: SmtpConfig  # the [smtp] section: connection counts, timeouts, error limits
     tls_context: ssl.SSLContext | None
     spool_dir: Path
     lmtp: bool = False
