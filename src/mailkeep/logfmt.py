@@ -92,6 +92,13 @@ def setup_logging(fmt: str = "logfmt", level: str = "info", file: str | None = N
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     root.propagate = False
+    # asyncio reports errors it caught in callbacks through its own logger: same place.
+    aio = logging.getLogger("asyncio")
+    for old in list(aio.handlers):
+        aio.removeHandler(old)
+    aio.addHandler(handler)
+    aio.setLevel(logging.WARNING)
+    aio.propagate = False
 
 
 def log(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -38,6 +38,11 @@ protocol = "smtp"
 address = "127.0.0.1:{smtp}"
 
 [[listeners]]
+protocol = "smtp"
+address = "127.0.0.1:{smtps}"
+tls = "implicit"
+
+[[listeners]]
 protocol = "lmtp"
 address = "unix:{lmtp}"
 
@@ -104,6 +109,7 @@ class RunningServer:
     dir: Path
     config: Path
     smtp_port: int
+    smtps_port: int
     lmtp_socket: Path
     log: Path
     proc: subprocess.Popen | None = None
@@ -150,12 +156,12 @@ class RunningServer:
 
 def make_server(directory: Path) -> RunningServer:
     directory.mkdir(parents=True, exist_ok=True)
-    smtp = free_port()
+    smtp, smtps = free_port(), free_port()
     lmtp = directory / "lmtp.sock"
     log = directory / "mailkeep.log"
     config = directory / "mailkeep.toml"
-    config.write_text(CONFIG.format(smtp=smtp, lmtp=lmtp, log=log))
-    return RunningServer(directory, config, smtp, lmtp, log)
+    config.write_text(CONFIG.format(smtp=smtp, smtps=smtps, lmtp=lmtp, log=log))
+    return RunningServer(directory, config, smtp, smtps, lmtp, log)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from .conftest import MAILKEEP, RunningServer, free_port, wait_for_port
+from .conftest import MAILKEEP, RunningServer, wait_for_port
 
 
 def _subject_count(server: RunningServer, account: str, prefix: bytes) -> int:
@@ -148,4 +148,3 @@ def test_localserve_two_command_experience(tmp_path: Path):
     assert (directory / "data" / "tls" / "selfsigned-ecdsa.pem").exists()
     # The password is kept for the next start.
     assert (directory / "demo-password").read_text().strip() == "demo-secret"
-    assert free_port() > 0

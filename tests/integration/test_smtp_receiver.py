@@ -385,3 +385,28 @@ def test_smtputf8_and_idna(server: RunningServer):
     msg = next(m for m in server.messages("leser@xn--bcher-kva.test") if "utf8 ✓".encode() in m)
     assert msg.startswith("Return-Path: <jürgen@example.net>\r\n".encode())
     assert b"with UTF8SMTP id" in msg
+
+
+def test_quota_failure_after_data_converges(fresh_server: RunningServer):
+    """One recipient over quota at end of data: 451 for all, and the retry refuses it at RCPT."""
+    body = b"Subject: mixed-quota\r\n\r\n" + b"z" * 6000 + b"\r\n"
+
+    def attempt() -> tuple[bytes, bytes]:
+        c = _client(fresh_server)
+        c.cmd(b"EHLO x.example.net")
+        c.cmd(b"MAIL FROM:<a@example.net>")  # no SIZE=: the RCPT check cannot know
+        assert c.cmd(b"RCPT TO:<demo@example.test>").startswith(b"250")
+        small = c.cmd(b"RCPT TO:<small@example.test>")
+        assert c.cmd(b"DATA").startswith(b"354")
+        c.send(body + b".\r\n")
+        end = c.reply()
+        c.close()
+        return small, end
+
+    small, end = attempt()
+    assert small.startswith(b"250") and end.startswith(b"451 4.3.0")
+    small, end = attempt()  # the sender's retry
+    assert small.startswith(b"552 5.2.2") and end.startswith(b"250")
+    copies = [m for m in fresh_server.messages("demo@example.test") if b"mixed-quota" in m]
+    assert len(copies) == 2  # delivered twice rather than lost
+    assert not [m for m in fresh_server.messages("small@example.test") if b"mixed-quota" in m]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -53,9 +54,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_deliver)
 
 
-def _read_stdin_crlf(spool_dir: Path) -> tuple[bytes | Path, int]:
-    """Read stdin, converting LF or CRLF line ends to CRLF (the store's form)."""
-    stream = sys.stdin.buffer
+class MessageTooBig(Exception):
+    pass
+
+
+def _read_stdin_crlf(spool_dir: Path, limit: int) -> tuple[bytes | Path, int]:
+    """Read stdin, converting LF, CR or CRLF line ends to CRLF (the store's form).
+
+    Stops with MessageTooBig past ``limit`` bytes (the [smtp] message_size_limit).
+    """
+    try:
+        return _read_crlf(sys.stdin.buffer, spool_dir, limit)
+    except BaseException:
+        for leftover in spool_dir.glob(f"lda-{os.getpid()}-*"):
+            leftover.unlink(missing_ok=True)
+        raise
+
+
+def _read_crlf(stream, spool_dir: Path, limit: int) -> tuple[bytes | Path, int]:
     out: bytearray | None = bytearray()
     spill = None
     size = 0
@@ -68,13 +84,16 @@ def _read_stdin_crlf(spool_dir: Path) -> tuple[bytes | Path, int]:
             chunk, pending_cr = chunk[:-1], True
         data = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
         size += len(data)
+        if size > limit:
+            raise MessageTooBig(f"message larger than {limit} bytes")
         if spill is not None:
             spill.write(data)
         else:
             assert out is not None
             out += data
             if len(out) > MEMORY_LIMIT:
-                spill = tempfile.NamedTemporaryFile(dir=spool_dir, prefix="lda-", delete=False)
+                spill = tempfile.NamedTemporaryFile(dir=spool_dir, prefix=f"lda-{os.getpid()}-",
+                                                    delete=False)
                 spill.write(out)
                 out = None
     if pending_cr:
@@ -93,6 +112,16 @@ def _read_stdin_crlf(spool_dir: Path) -> tuple[bytes | Path, int]:
 
 
 def cmd_deliver(args: argparse.Namespace) -> int:
+    try:
+        return _deliver(args)
+    except Exception as exc:
+        # Anything unexpected is temporary for the calling MTA: exit codes outside
+        # sysexits make Postfix bounce, and a full disk must not bounce mail.
+        print(f"mailkeep deliver: temporary failure: {exc!r}", file=sys.stderr)
+        return EX_TEMPFAIL
+
+
+def _deliver(args: argparse.Namespace) -> int:
     from mailkeep.addressing import Resolver
     from mailkeep.config import ConfigError, load_config
     from mailkeep.delivery.pipeline import (
@@ -129,7 +158,11 @@ def cmd_deliver(args: argparse.Namespace) -> int:
             return EX_TEMPFAIL if reply.code < 500 else EX_NOUSER
         if args.mailbox:
             targets = tuple(type(t)(account=t.account, folder=args.mailbox) for t in targets)
-        body, size = _read_stdin_crlf(spool)
+        try:
+            body, size = _read_stdin_crlf(spool, config.smtp.message_size_limit)
+        except MessageTooBig as exc:
+            print(f"mailkeep deliver: 552 5.3.4 {exc}", file=sys.stderr)
+            return EX_DATAERR
         try:
             if size == 0:
                 print("mailkeep deliver: empty message", file=sys.stderr)

@@ -101,6 +101,13 @@ class Envelope:
 
 
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+# A recipient that passed the quota check at RCPT time may exceed its quota by this share
+# at end of data: SMTP has a single reply for all recipients, and refusing one of them
+# then would make the sender resend to all (duplicates). Dovecot's quota_grace does the same.
+QUOTA_GRACE = 0.10
+# Remember the size of a message an account refused for quota this long, so that the
+# retry is refused at RCPT time for that account alone.
+QUOTA_MEMORY_SECONDS = 3600.0
 TEMP_FAILURE = Reply(451, "4.3.0", "Temporary local problem, please try again later")
 
 
@@ -109,6 +116,7 @@ class Pipeline:
         self.config = config
         self.store = store
         self.resolver = resolver or Resolver(config)
+        self._quota_refusals: dict[str, tuple[int, float]] = {}
 
     # -- RCPT time ---------------------------------------------------------------------
 
@@ -142,6 +150,12 @@ class Pipeline:
         qbytes, qmsgs = self._quota(account)
         if qbytes is None and qmsgs is None:
             return False
+        refused = self._quota_refusals.get(account)
+        if refused is not None:
+            if time.monotonic() - refused[1] < QUOTA_MEMORY_SECONDS:
+                incoming = max(incoming, refused[0])
+            else:
+                del self._quota_refusals[account]
         usage = self.store.usage(account)
         if qbytes is not None and usage.bytes + incoming > qbytes:
             return True
@@ -156,7 +170,8 @@ class Pipeline:
         protocol = session.protocol
         if envelope.smtputf8 and protocol.startswith("ESMTP"):
             protocol = "UTF8SMTP" + protocol[5:]  # RFC 6531 §3.7.3 (UTF8SMTPS, UTF8SMTPA...)
-        lines = [f"Received: from {helo} ([{session.client_ip}])",
+        client = "localhost" if session.client_ip == "local" else f"[{session.client_ip}]"
+        lines = [f"Received: from {helo} ({client})",
                  f"\tby {self.config.hostname} (Mailkeep) with {protocol} id {msg_id}"]
         if for_address is not None:
             lines[-1] += f"\r\n\tfor <{for_address}>"
@@ -180,6 +195,10 @@ class Pipeline:
         requests = []
         for target in groups:
             qbytes, qmsgs = self._quota(target.account)
+            if qbytes is not None:
+                qbytes += int(qbytes * QUOTA_GRACE)
+            if qmsgs is not None:
+                qmsgs += max(1, int(qmsgs * QUOTA_GRACE))
             prefix = return_path + f"Delivered-To: {target.account}\r\n".encode() + received
             requests.append(DeliveryRequest(
                 account=target.account, mailbox=target.folder, prefix=prefix, source=body,
@@ -197,6 +216,7 @@ class Pipeline:
                 reply = Reply(250, "2.0.0", f"OK id={msg_id}")
             elif result.error == "quota":
                 reply = Reply(552, "5.2.2", "Mailbox full")
+                self._quota_refusals[target.account] = (size, time.monotonic())
             else:
                 reply = TEMP_FAILURE
             for index in groups[target]:
@@ -214,9 +234,10 @@ class Pipeline:
 def combine_smtp_reply(replies: Sequence[Reply]) -> Reply:
     """SMTP has one reply after DATA for all recipients (unlike LMTP).
 
-    All stored → 250. All refused the same permanent way → that error. Any temporary
-    failure, or a mix, → 451 for the whole message: the client retries, and a recipient
-    that was stored may get a second copy. Delivering twice beats losing once.
+    All stored → 250. All refused permanently → the first refusal. Any temporary failure,
+    or a mix, → 451 for the whole message: the client retries, and a recipient that was
+    stored may get a second copy. Delivering twice beats losing once. (A recipient refused
+    for quota is refused at RCPT time on the retry, so the retry converges.)
     """
     if all(r.code < 300 for r in replies):
         return replies[0]

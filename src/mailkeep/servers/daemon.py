@@ -23,6 +23,7 @@ import os
 import pwd
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,13 +43,13 @@ TLS_RELOAD_INTERVAL = 60.0
 
 @dataclass(frozen=True)
 class ListenerKey:
-    protocol: str
+    """A listener is its socket: a reload that changes only protocol or TLS keeps it."""
+
     address: str
-    tls: str
 
 
 def listener_key(listener) -> ListenerKey:
-    return ListenerKey(listener.protocol, listener.address, listener.tls)
+    return ListenerKey(listener.address)
 
 
 def bind_socket(address: str, *, unix_mode: int = 0o666) -> socket.socket:
@@ -57,12 +58,25 @@ def bind_socket(address: str, *, unix_mode: int = 0o666) -> socket.socket:
         path = Path(address[5:])
         path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
-            # A stale socket from a crash; refuse to remove anything that is not a socket.
+            # A stale socket from a crash; refuse to remove anything that is not a socket,
+            # or a socket another running server still answers on.
             if path.is_socket():
-                path.unlink()
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(str(path))
+                except OSError:
+                    path.unlink()
+                else:
+                    raise OSError(errno.EADDRINUSE, "another server is listening there")
+                finally:
+                    probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(path))
-        os.chmod(path, unix_mode)
+        # The mode is set at creation (umask), never by a chmod that could follow a link.
+        old_umask = os.umask(0o777 & ~unix_mode)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
         sock.listen(1024)
         sock.setblocking(False)
         return sock
@@ -110,6 +124,7 @@ class Server:
         self.bound: dict[ListenerKey, socket.socket] = {}
         self.stopping: asyncio.Event | None = None  # created in run(), inside the loop
         self.ready: asyncio.Event | None = None
+        self._reload_task: asyncio.Task | None = None
 
     # -- assembling the runtime from a config ------------------------------------------
 
@@ -178,15 +193,28 @@ class Server:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Bind first: a second instance started by mistake fails here, before it touches
+        # anything of the running one.
+        self.bind_all()
         spool = self.spool_dir(config)
         spool.mkdir(parents=True, exist_ok=True)
-        for leftover in spool.iterdir():  # never acknowledged: safe to drop
+        for leftover in spool.glob("in-*"):  # never acknowledged: safe to drop
             leftover.unlink(missing_ok=True)
-        self.bind_all()
-        if config.run_as:
-            drop_privileges(config.run_as, config.data_dir)
+        day_ago = time.time() - 86400
+        for leftover in spool.glob("lda-*"):  # a `mailkeep deliver` that was killed
+            with contextlib.suppress(OSError):
+                if leftover.stat().st_mtime < day_ago:
+                    leftover.unlink()
+        # Certificates are read while still root (certbot's keys are root-only); renewed
+        # files must be readable by run_as, e.g. through Debian's ssl-cert group.
         self.tls = TLSManager.from_config(config.tls.cert, config.tls.key, config.data_dir,
                                           config.hostname)
+        if config.run_as:
+            if os.getuid() == 0:
+                drop_privileges(config.run_as, config.data_dir)
+            else:
+                log(logger, "run_as ignored: not started as root", logging.WARNING,
+                    run_as=config.run_as)
         self.store = await asyncio.to_thread(open_store, config.data_dir)
         self._ensure_accounts(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
@@ -199,11 +227,12 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
         pidfile = config.pidfile
         pidfile.write_text(f"{os.getpid()}\n")
         log(logger, "started", hostname=config.hostname, pid=os.getpid(),
-            listeners=",".join(f"{k.protocol}:{k.address}" for k in self.listeners))
+            listeners=",".join(f"{lst.protocol}:{lst.address}"
+                               for lst in self._smtp_listeners(config)))
         if self.banner:
             self.banner(config)
         self.ready.set()
@@ -237,28 +266,48 @@ class Server:
             if key in self.listeners:
                 self.listeners[key].update(self._receiver_context(config, pipeline, listener))
 
+    def _schedule_reload(self) -> None:
+        # One reload at a time; a SIGHUP during a reload runs another one after it.
+        previous = self._reload_task
+        async def chained() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await self.reload()
+        self._reload_task = asyncio.get_running_loop().create_task(chained())
+
     async def reload(self) -> None:
-        """SIGHUP: re-read the config; keep the old one if the new one is invalid."""
+        """SIGHUP: re-read the config; keep the running one if anything in the new fails."""
         try:
             config = load_config(self.config_path)
-        except ConfigError as exc:
+            tls = self.tls
+            if config.tls.cert != self.config.tls.cert or config.tls.key != self.config.tls.key:
+                tls = TLSManager.from_config(config.tls.cert, config.tls.key,
+                                             config.data_dir, config.hostname)
+            if config.data_dir != self.config.data_dir:
+                raise ConfigError(str(self.config_path), "data_dir",
+                                  "cannot change while the server runs; restart it")
+        except (ConfigError, OSError, ValueError) as exc:
             log(logger, "reload failed, keeping the running config", logging.ERROR,
                 error=str(exc))
             return
-        old_keys = set(self.listeners)
-        new_listeners = {listener_key(lst): lst for lst in self._smtp_listeners(config)}
+        except Exception as exc:  # e.g. ssl.SSLError from a broken key
+            log(logger, "reload failed, keeping the running config", logging.ERROR,
+                error=repr(exc))
+            return
+        self.tls = tls
         self._ensure_accounts(config)
-        if config.tls.cert != self.config.tls.cert or config.tls.key != self.config.tls.key:
-            self.tls = TLSManager.from_config(config.tls.cert, config.tls.key,
-                                              config.data_dir, config.hostname)
         self.config = config
         self._apply(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
-        for key in old_keys - set(new_listeners):
+        new_listeners = {listener_key(lst): lst for lst in self._smtp_listeners(config)}
+        for key in set(self.listeners) - set(new_listeners):
             await self.listeners.pop(key).stop()
+            if key.address.startswith("unix:"):
+                with contextlib.suppress(OSError):
+                    Path(key.address[5:]).unlink()
         for key, listener in new_listeners.items():
-            if key in old_keys:
-                continue
+            if key in self.listeners:
+                continue  # same socket; protocol/TLS/limits were updated by _apply
             try:
                 sock = bind_socket(key.address)
             except OSError as exc:

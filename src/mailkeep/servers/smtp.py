@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import tempfile
 import time
@@ -108,9 +109,11 @@ class ConnectionCounter:
 
 
 class SMTPSession(asyncio.Protocol):
-    def __init__(self, ctx: ReceiverContext, counter: ConnectionCounter):
+    def __init__(self, ctx: ReceiverContext, counter: ConnectionCounter,
+                 registry: set[SMTPSession] | None = None):
         self.ctx = ctx
         self.counter = counter
+        self.registry = registry if registry is not None else set()
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.conn: core.ServerConnection | None = None
@@ -131,6 +134,8 @@ class SMTPSession(asyncio.Protocol):
     # -- asyncio.Protocol callbacks: feed the core, wake the session loop ---------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.conn is not None:
+            return  # start_tls() hands us the new transport in _upgrade, not here
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
@@ -139,8 +144,6 @@ class SMTPSession(asyncio.Protocol):
         else:
             self.info.client_ip = "local"
         self.conn = core.ServerConnection(self.ctx.session_config)
-        if self.ctx.implicit_tls:
-            self._note_tls()
         limits = self.ctx.limits
         if self.counter.total >= limits.max_connections:
             self._refuse(Reply(421, "4.7.0", f"{self.ctx.session_config.hostname} "
@@ -154,8 +157,24 @@ class SMTPSession(asyncio.Protocol):
         self.counter.total += 1
         self.counter.per_ip[self.info.client_ip] += 1
         self._counted = True
-        self.conn.greet()
+        self.registry.add(self)
+        if self.ctx.implicit_tls:
+            # RFC 8314: TLS from the first byte. Nothing may reach the core before the
+            # handshake; run() performs it with the certificate current at that moment.
+            transport.pause_reading()
+        else:
+            self.conn.greet()
         self.task = self.loop.create_task(self.run())
+
+    def _release(self) -> None:
+        """Give back this connection's slots; safe to call more than once."""
+        self.registry.discard(self)
+        if self._counted:
+            self._counted = False
+            self.counter.total -= 1
+            self.counter.per_ip[self.info.client_ip] -= 1
+            if self.counter.per_ip[self.info.client_ip] <= 0:
+                del self.counter.per_ip[self.info.client_ip]
 
     def _refuse(self, reply: Reply, reason: str) -> None:
         assert self.conn is not None and self.transport is not None
@@ -179,16 +198,13 @@ class SMTPSession(asyncio.Protocol):
         if self.conn is not None:
             self.conn.receive_eof()
         self._wake()
-        return False
+        # Keep our side open: a client that half-closes after a pipelined transaction
+        # still gets its replies (run() closes the transport when the session ends).
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        if self._counted:
-            self._counted = False
-            self.counter.total -= 1
-            self.counter.per_ip[self.info.client_ip] -= 1
-            if self.counter.per_ip[self.info.client_ip] <= 0:
-                del self.counter.per_ip[self.info.client_ip]
+        self._release()
         self._wake()
 
     def request_shutdown(self) -> None:
@@ -247,6 +263,10 @@ class SMTPSession(asyncio.Protocol):
         log(logger, "connect", logging.DEBUG, client=self.info.client_ip,
             listener=self.ctx.listener)
         try:
+            if self.ctx.implicit_tls:
+                if not await self._upgrade():
+                    return
+                conn.greet()
             while True:
                 event = conn.next_event()
                 if event is core.NEED_DATA:
@@ -269,6 +289,7 @@ class SMTPSession(asyncio.Protocol):
                 self._flush()
             if not self._lost:
                 self.transport.close()
+            self._release()
             log(logger, "disconnect", client=self.info.client_ip, helo=self.info.helo,
                 tls=bool(self.info.tls), messages=self.stats["messages"],
                 rejected=self.stats["rejected"], errors=conn.error_count,
@@ -281,6 +302,10 @@ class SMTPSession(asyncio.Protocol):
             case core.Hello(domain=domain):
                 self.info.helo = domain
                 conn.accept()
+            case core.MailFrom() if self._shutdown:
+                # Stopping: no new transaction may start (a 4xx makes the sender retry).
+                conn.close(Reply(421, "4.3.2", f"{self.ctx.session_config.hostname} "
+                                 "Service shutting down, try again later"))
             case core.MailFrom(sender=sender, params=params):
                 self.envelope = Envelope(sender=sender, smtputf8=params.smtputf8,
                                          body_type=params.body, envid=params.envid,
@@ -389,28 +414,37 @@ class SMTPSession(asyncio.Protocol):
         else:
             conn.reject(reply)
 
+    async def _upgrade(self) -> bool:
+        """TLS handshake on the current transport; False if the session must end."""
+        transport = self.transport
+        assert transport is not None and self.ctx.tls_context is not None
+        try:
+            new_transport = await self.loop.start_tls(
+                transport, self, self.ctx.tls_context, server_side=True,
+                ssl_handshake_timeout=min(self.ctx.limits.command_timeout, 60.0))
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
+            log(logger, "TLS handshake failed", logging.INFO, client=self.info.client_ip,
+                error=str(exc) or type(exc).__name__)
+            new_transport = None
+        if new_transport is None:
+            self._lost = True
+            transport.abort()
+            self._release()  # the TLS layer may never report connection_lost to us
+            return False
+        self.transport = new_transport
+        self._note_tls()
+        return True
+
     async def _start_tls(self) -> None:
         conn, transport = self.conn, self.transport
         assert conn is not None and transport is not None
-        ctx = self.ctx.tls_context
-        if ctx is None or self.info.tls:
+        if self.ctx.tls_context is None or self.info.tls:
             conn.reject(Reply(454, "4.7.0", "TLS not available"))
             return
         conn.accept()
         self._flush()
-        try:
-            new_transport = await self.loop.start_tls(transport, self, ctx, server_side=True)
-        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
-            log(logger, "TLS handshake failed", logging.INFO, client=self.info.client_ip,
-                error=str(exc))
-            self._lost = True
-            transport.abort()
+        if not await self._upgrade():
             return
-        if new_transport is None:
-            self._lost = True
-            return
-        self.transport = new_transport
-        self._note_tls()
         # RFC 3207 §4.2: forget everything from before TLS; the core also drops any
         # plaintext that was pipelined after STARTTLS (CVE-2011-0411).
         self._reset()
@@ -441,28 +475,21 @@ class SMTPListener:
         self.server: asyncio.base_events.Server | None = None
         self.sessions: set[SMTPSession] = set()
 
-    def _factory(self) -> SMTPSession:
-        session = SMTPSession(self.context, self.counter)
-        self.sessions.add(session)
-        return session
-
-    def _prune(self) -> None:
-        self.sessions = {s for s in self.sessions if not s._lost}
-
     async def start(self, sock) -> None:
-        """Serve on an already bound socket (bound before privileges were dropped)."""
+        """Serve on an already bound socket (bound before privileges were dropped).
+
+        TLS, implicit or by STARTTLS, is started by the session itself, so every
+        handshake uses the certificate current at that moment (renewals apply at once).
+        """
         loop = asyncio.get_running_loop()
-        ssl_ctx = self.context.tls_context if self.context.implicit_tls else None
 
         def factory() -> SMTPSession:
-            self._prune()
-            return self._factory()
+            return SMTPSession(self.context, self.counter, self.sessions)
 
-        if sock.family == getattr(__import__("socket"), "AF_UNIX", None):
-            self.server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx)
+        if sock.family == socket.AF_UNIX:
+            self.server = await loop.create_unix_server(factory, sock=sock)
         else:
-            extra = {"ssl_handshake_timeout": 30} if ssl_ctx is not None else {}
-            self.server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, **extra)
+            self.server = await loop.create_server(factory, sock=sock)
 
     def update(self, context: ReceiverContext) -> None:
         """New sessions use the new context (config reload); running ones keep theirs."""
