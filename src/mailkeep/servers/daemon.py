@@ -102,9 +102,14 @@ def drop_privileges(user: str, data_dir: Path) -> None:
     if os.getuid() != 0:
         return
     entry = pwd.getpwnam(user)
-    for path in [data_dir, *data_dir.rglob("*")]:
-        with contextlib.suppress(FileNotFoundError):
-            os.lchown(path, entry.pw_uid, entry.pw_gid)
+    os.chown(data_dir, entry.pw_uid, entry.pw_gid, follow_symlinks=False)
+    # fwalk with directory descriptors: a directory swapped for a symlink meanwhile cannot
+    # redirect root's chown outside the data directory.
+    for _root, dirs, files, root_fd in os.fwalk(data_dir, follow_symlinks=False):
+        for name in dirs + files:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(name, entry.pw_uid, entry.pw_gid, dir_fd=root_fd,
+                         follow_symlinks=False)
     os.setgroups([g.gr_gid for g in grp.getgrall() if user in g.gr_mem] + [entry.pw_gid])
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
