@@ -148,3 +148,49 @@ def test_localserve_two_command_experience(tmp_path: Path):
     assert (directory / "data" / "tls" / "selfsigned-ecdsa.pem").exists()
     # The password is kept for the next start.
     assert (directory / "demo-password").read_text().strip() == "demo-secret"
+
+
+def _free_privileged_port() -> int:
+    import socket
+
+    for port in range(990, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 1024")
+
+
+def test_serve_binds_privileged_port_then_runs_as_unprivileged_user(tmp_path: Path):
+    import pwd
+    import shutil
+    import tempfile
+
+    from .conftest import make_server
+
+    nobody = pwd.getpwnam("nobody")
+    base = Path(tempfile.mkdtemp(prefix="mk-runas-", dir="/tmp"))
+    base.chmod(0o755)
+    try:
+        srv = make_server(base / "mk")
+        port = _free_privileged_port()
+        text = srv.config.read_text().replace(f'address = "127.0.0.1:{srv.smtp_port}"',
+                                              f'address = "127.0.0.1:{port}"')
+        srv.config.write_text('run_as = "nobody"\n' + text)
+        srv.smtp_port = port
+        srv.start()
+        try:
+            status = Path(f"/proc/{srv.proc.pid}/status").read_text()
+            uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+            assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4, uid_line
+            with smtplib.SMTP("127.0.0.1", port) as s:
+                assert s.sendmail("a@example.net", ["demo@example.test"],
+                                  "Subject: as-nobody\r\n\r\nx\r\n") == {}
+            assert (srv.data_dir / "store").stat().st_uid == nobody.pw_uid
+        finally:
+            assert srv.stop() == 0
+        assert any(b"as-nobody" in m for m in srv.messages("demo@example.test"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
