@@ -410,3 +410,17 @@ def test_quota_failure_after_data_converges(fresh_server: RunningServer):
     copies = [m for m in fresh_server.messages("demo@example.test") if b"mixed-quota" in m]
     assert len(copies) == 2  # delivered twice rather than lost
     assert not [m for m in fresh_server.messages("small@example.test") if b"mixed-quota" in m]
+
+
+def test_long_data_lines_are_accepted_up_to_the_cap(server: RunningServer):
+    c = _client(server)
+    c.cmd(b"EHLO x.example.net")
+    c.cmd(b"MAIL FROM:<a@example.net>")
+    c.cmd(b"RCPT TO:<demo@example.test>")
+    assert c.cmd(b"DATA").startswith(b"354")
+    line = b"L" * 100_000  # far beyond RFC 5321's 1000 octets, as real mail does
+    c.send(b"Subject: long-line\r\n\r\n" + line + b"\r\n.\r\n")
+    assert c.reply().startswith(b"250")
+    c.close()
+    msg = next(m for m in server.messages("demo@example.test") if b"Subject: long-line" in m)
+    assert msg.endswith(line + b"\r\n")
