@@ -41,11 +41,6 @@ READ_PAUSE_BYTES = 1 << 20
 MEMORY_BODY_LIMIT = 1 << 20
 
 
-def _expire(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_exception(TimeoutError())
-
-
 @dataclass
 class ReceiverContext:
     """Everything a session needs from the running server; swapped whole on reload."""
@@ -123,6 +118,11 @@ class SMTPSession(asyncio.Protocol):
         self._lost = False
         self._counted = False
         self._shutdown = False
+        # While the session task waits for input ("parked"), data_received handles the
+        # events that need no waiting itself: no task switch, future or timer per command.
+        self._parked = False
+        self._pending_event: object | None = None
+        self._last_activity = 0.0
         self.info = SessionInfo(client_ip="unknown", listener=ctx.listener,
                                 protocol="LMTP" if ctx.lmtp else "ESMTP")
         self.envelope: Envelope | None = None
@@ -164,6 +164,7 @@ class SMTPSession(asyncio.Protocol):
             transport.pause_reading()
         else:
             self.conn.greet()
+            transport.write(self.conn.data_to_send())
         self.task = self.loop.create_task(self.run())
 
     def _release(self) -> None:
@@ -188,11 +189,34 @@ class SMTPSession(asyncio.Protocol):
         if self.conn is None:
             return
         self.conn.receive_data(data)
+        self._last_activity = self.loop.time()
+        if self._parked:
+            self._drive()
+            return
         self._unread += len(data)
         if self._unread > READ_PAUSE_BYTES and not self._paused and self.transport:
             self._paused = True
             self.transport.pause_reading()
-        self._wake()
+
+    def _drive(self) -> None:
+        """Handle ready events synchronously; give the first that must wait to the task."""
+        conn = self.conn
+        assert conn is not None
+        try:
+            while True:
+                event = conn.next_event()
+                if event is core.NEED_DATA:
+                    self._flush()
+                    if conn.closed:
+                        self._wake()
+                    return
+                if not self._handle_now(event):
+                    self._pending_event = event
+                    self._wake()
+                    return
+        except Exception as exc:  # never let a bug escape into asyncio's transport
+            self._pending_event = exc
+            self._wake()
 
     def eof_received(self) -> bool:
         if self.conn is not None:
@@ -213,8 +237,21 @@ class SMTPSession(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        self._parked = False
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
+
+    def _check_idle(self, wakeup: asyncio.Future) -> None:
+        """The idle timer: expire, or re-arm for the time left since the last input."""
+        if wakeup.done():
+            return
+        timeout = (self.ctx.limits.data_timeout if self.body is not None
+                   else self.ctx.limits.command_timeout)
+        left = self._last_activity + timeout - self.loop.time()
+        if left > 0:
+            self._timer = self.loop.call_later(left, self._check_idle, wakeup)
+        else:
+            wakeup.set_exception(TimeoutError())
 
     # -- the session loop -----------------------------------------------------------------
 
@@ -236,18 +273,21 @@ class SMTPSession(asyncio.Protocol):
         self._wakeup = wakeup = self.loop.create_future()
         in_body = self.body is not None
         timeout = self.ctx.limits.data_timeout if in_body else self.ctx.limits.command_timeout
-        # A plain timer on the future: cheaper than asyncio.timeout() on this hot path.
-        timer = self.loop.call_later(timeout, _expire, wakeup)
+        self._last_activity = self.loop.time()
+        self._timer = self.loop.call_later(timeout, self._check_idle, wakeup)
+        self._parked = True
         try:
             await wakeup
         except TimeoutError:
+            in_body = self.body is not None
             self.transport.write(Reply(421, "4.4.2", f"{self.ctx.session_config.hostname} "
                                        "Error: timeout exceeded").to_bytes())
             log(logger, "timeout", logging.INFO, client=self.info.client_ip,
                 state="data" if in_body else "command")
             return False
         finally:
-            timer.cancel()
+            self._parked = False
+            self._timer.cancel()
             self._wakeup = None
         return not self._lost
 
@@ -268,14 +308,20 @@ class SMTPSession(asyncio.Protocol):
                     return
                 conn.greet()
             while True:
-                event = conn.next_event()
+                if self._pending_event is not None:
+                    event, self._pending_event = self._pending_event, None
+                    if isinstance(event, Exception):
+                        raise event
+                else:
+                    event = conn.next_event()
                 if event is core.NEED_DATA:
                     if not await self._wait_for_input():
                         break
                     continue
                 if isinstance(event, core.ConnectionClosed):
                     break
-                await self._handle(event)
+                if not self._handle_now(event):
+                    await self._handle_later(event)
         except Exception:
             logger.exception("session failed", extra={"client": self.info.client_ip})
             with contextlib.suppress(Exception):
@@ -295,7 +341,8 @@ class SMTPSession(asyncio.Protocol):
                 rejected=self.stats["rejected"], errors=conn.error_count,
                 seconds=round(time.monotonic() - self.started, 3))
 
-    async def _handle(self, event: object) -> None:
+    def _handle_now(self, event: object) -> bool:
+        """Handle an event that needs no waiting; False if it must go to _handle_later."""
         conn = self.conn
         assert conn is not None
         match event:
@@ -335,24 +382,34 @@ class SMTPSession(asyncio.Protocol):
             case core.BodyData(data=data):
                 if self.body is not None:
                     self.body.write(data)
-            case core.BodyEnd():
-                await self._end_of_data(event)
             case core.Reset():
                 self._reset()
-            case core.StartTLS():
-                await self._start_tls()
             case core.AuthStart():
                 conn.reject(Reply(503, "5.5.1", "Error: authentication not enabled"))
             case core.ClientError(count=count):
-                self.stats["errors"] += 1
                 if count > self.ctx.limits.soft_error_limit and not conn.closed:
-                    # Postfix's smtpd_error_sleep_time: slow down clients that keep erring.
-                    self._flush()
-                    await asyncio.sleep(self.ctx.limits.error_sleep)
-            case core.Quit():
-                pass
+                    return False  # needs the error sleep
+                self.stats["errors"] += 1
+            case core.BodyEnd() | core.StartTLS() | core.ConnectionClosed():
+                return False
             case _:
-                pass
+                pass  # Quit and purely informative events
+        return True
+
+    async def _handle_later(self, event: object) -> None:
+        """Events that wait: storing the message, the TLS handshake, the error sleep."""
+        conn = self.conn
+        assert conn is not None
+        match event:
+            case core.BodyEnd():
+                await self._end_of_data(event)
+            case core.StartTLS():
+                await self._start_tls()
+            case core.ClientError():
+                self.stats["errors"] += 1
+                # Postfix's smtpd_error_sleep_time: slow down clients that keep erring.
+                self._flush()
+                await asyncio.sleep(self.ctx.limits.error_sleep)
 
     def _reset(self) -> None:
         if self.body is not None:
