@@ -23,7 +23,7 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --require-hashes -r requirements.lock
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
 # Installs only what is missing, so a prepared machine pays nothing.
