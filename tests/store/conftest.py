@@ -24,6 +24,12 @@ def message(subject: str = "hello", body: str = "body text") -> bytes:
             f"{body}\r\n").encode()
 
 
+def message_files(account_dir: Path) -> list[Path]:
+    """The files in an account directory that hold data: while a store is open, the
+    directory also holds a few empty spare files (the pool, see docs/store.md)."""
+    return [p for p in account_dir.iterdir() if p.stat().st_size]
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

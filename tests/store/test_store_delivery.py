@@ -17,7 +17,7 @@ from mailkeep.store import (
     open_store,
 )
 
-from .conftest import ACCOUNT, message, tiny_indexer
+from .conftest import ACCOUNT, message, message_files, tiny_indexer
 
 PREFIX = b"Return-Path: <a@example.org>\r\nDelivered-To: me@example.com\r\n"
 
@@ -105,7 +105,7 @@ async def test_quota_is_checked_atomically_per_request(store) -> None:
     assert [m.uid for m in store.list_messages(ACCOUNT, "INBOX")] == [1, 2]
     # The refused messages left no file behind.
     account_dir = next((store.root / "accounts").iterdir())
-    assert len(list(account_dir.iterdir())) == 2
+    assert len(message_files(account_dir)) == 2
 
 
 async def test_concurrent_quota_never_overshoots(store) -> None:
@@ -163,7 +163,7 @@ async def test_append_errors(store) -> None:
         await store.append(ACCOUNT, "INBOX", message(), quota_messages=1)
     assert info.value.resource == "MESSAGE"
     account_dir = next((store.root / "accounts").iterdir())
-    assert len(list(account_dir.iterdir())) == 1  # no leftovers from the refusals
+    assert len(message_files(account_dir)) == 1  # no leftovers from the refusals
 
 
 async def test_failing_indexer_never_loses_mail(data_dir: Path) -> None:

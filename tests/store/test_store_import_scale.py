@@ -96,4 +96,8 @@ async def test_maildir_import_streams(store, tmp_path: Path) -> None:
         tracemalloc.stop()
     assert report.imported == count
     data_size = count * template.stat().st_size
-    assert peak < data_size / 4, f"peak {peak / MB:.1f} MB for {data_size / MB:.1f} MB of mail"
+    # By design two batches may be in memory at once, one being stored while the next is
+    # read (2 x 200 x 8 KB, about 3.3 MB), plus the folder listing: about 5.9 MB when the
+    # store is the slower side, 4.1 MB when the reader is. Anything that accumulated would
+    # grow with the 23 MB imported.
+    assert peak < data_size / 3, f"peak {peak / MB:.1f} MB for {data_size / MB:.1f} MB of mail"

@@ -99,6 +99,11 @@ class StoreLimits:
     max_keywords_per_mailbox: int = 1000
     #: Writes merged into one commit; bounds the latency one commit adds to the others.
     max_commit_batch: int = 1000
+    #: Empty files kept ready per account that receives mail, so a delivery creates no file
+    #: on its critical path (see docs/store.md); 0 turns the pool off.
+    pool_files_per_account: int = 64
+    #: Spare files in the whole process, over all accounts.
+    max_pool_files: int = 1024
 
 
 # -- errors ------------------------------------------------------------------------------

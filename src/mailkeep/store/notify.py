@@ -1,8 +1,8 @@
 """In-process change notifications, so that IMAP IDLE (RFC 2177) can push within a second.
 
-The commit thread publishes events after the commit is durable; each subscriber's callback
+The committing thread publishes events after the commit is durable; each subscriber's callback
 runs on the asyncio loop it subscribed from (``loop.call_soon_threadsafe``), so IMAP
-session code never runs on the commit thread and never needs a lock. A subscriber whose
+session code never runs on a committing thread and never needs a lock. A subscriber whose
 loop has closed is dropped silently.
 
 Changes made by another process (the CLI importing while the server runs) are not seen
@@ -58,7 +58,7 @@ class Notifier:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
-                # A callback without a loop would run on the commit thread and stall commits.
+                # A callback without a loop would run on a committing thread and stall commits.
                 raise RuntimeError(
                     "subscribe() needs a running asyncio loop, or pass loop=") from None
         sub = _Subscription(self, account, callback, loop)
