@@ -42,6 +42,7 @@ from mailkeep.store.transfer import (
     clean_keywords,
     crlf_to_lf,
     lf_to_crlf,
+    prepare_export_dir,
 )
 
 logger = logging.getLogger("mailkeep.store")
@@ -311,10 +312,7 @@ def export_maildir(store: Store, account: str, dest: Path, *,
                    progress: Progress | None = None) -> ExportReport:
     """Write every mailbox of ``account`` as a Maildir++ tree at ``dest`` (which must not
     exist or be empty). Consistent: taken from one snapshot of the store."""
-    dest = Path(dest)
-    if dest.exists() and any(dest.iterdir()):
-        raise FileExistsError(f"{dest} is not empty; export into a new directory")
-    dest.mkdir(parents=True, exist_ok=True)
+    dest = prepare_export_dir(dest)
     report = ExportReport()
     host = _safe_host()
     with store.snapshot(account) as snap:

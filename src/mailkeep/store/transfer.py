@@ -17,6 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mailkeep.progress import Progress
 from mailkeep.store.api import ImportItem, InvalidFlag, Store, StoreLimits
@@ -58,6 +59,15 @@ class ExportReport:
     mailboxes: int = 0
     #: Messages that could not be written exactly (e.g. keywords Maildir cannot hold).
     warnings: list[str] = field(default_factory=list)
+
+
+def prepare_export_dir(dest: str | Path) -> Path:
+    """Create the export destination; refuse one that already holds anything."""
+    dest = Path(dest)
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} is not empty; export into a new directory")
+    dest.mkdir(parents=True, exist_ok=True)
+    return dest
 
 
 def lf_to_crlf(data: bytes) -> bytes:
