@@ -126,6 +126,7 @@ class SMTPSession(asyncio.Protocol):
         self.info = SessionInfo(client_ip="unknown", listener=ctx.listener,
                                 protocol="LMTP" if ctx.lmtp else "ESMTP")
         self.envelope: Envelope | None = None
+        self.mail_size_hint: int | None = None  # MAIL FROM's SIZE=, for the quota check
         self.body: SpooledBody | None = None
         self.task: asyncio.Task | None = None
         self.stats = Counter()
@@ -357,12 +358,12 @@ class SMTPSession(asyncio.Protocol):
                 self.envelope = Envelope(sender=sender, smtputf8=params.smtputf8,
                                          body_type=params.body, envid=params.envid,
                                          ret=params.ret)
-                self._mail_size_hint = params.size
+                self.mail_size_hint = params.size
                 conn.accept()
             case core.RcptTo(recipient=recipient, params=params):
                 assert self.envelope is not None
                 reply, targets = self.ctx.pipeline.recipient_decision(
-                    recipient, getattr(self, "_mail_size_hint", None))
+                    recipient, self.mail_size_hint)
                 if reply.code < 300:
                     self.envelope.recipients.append(AcceptedRecipient(
                         recipient, targets, notify=params.notify, orcpt=params.orcpt))
