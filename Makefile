@@ -4,7 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the test suite talks to (real peers, never mocks).
 APT_PACKAGES := postfix swaks ca-certificates openssl libnet-ssleay-perl libio-socket-ssl-perl \
-                libauthen-sasl-perl procps
+                libauthen-sasl-perl procps dovecot-imapd dovecot-pop3d isync offlineimap3 \
+                fetchmail mutt
 
 .PHONY: run test venv apt-deps lint lock clean
 
@@ -35,6 +36,9 @@ apt-deps:
 	  echo "apt-get install:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  case "$$missing" in *dovecot*) \
+	    command -v systemctl >/dev/null && systemctl disable --now dovecot.service dovecot.socket 2>/dev/null || true;; \
+	  esac; \
 	fi
 
 lint: $(BIN)/.installed

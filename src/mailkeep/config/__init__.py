@@ -10,25 +10,31 @@ from mailkeep.config.load import load_config, parse_config_text
 from mailkeep.config.names import InvalidName, canonical_address, canonical_domain
 from mailkeep.config.schema import (
     Account,
+    AuthConfig,
     Config,
     ConfigError,
     ConfigIssue,
     Domain,
+    ImapConfig,
     Listener,
     LogConfig,
+    Pop3Config,
     SmtpConfig,
     TlsConfig,
 )
 
 __all__ = [
     "Account",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "ConfigIssue",
     "Domain",
+    "ImapConfig",
     "InvalidName",
     "Listener",
     "LogConfig",
+    "Pop3Config",
     "SmtpConfig",
     "TlsConfig",
     "canonical_address",

@@ -44,12 +44,15 @@ from mailkeep.config.schema import (
     PROTOCOLS,
     TLS_MODES,
     Account,
+    AuthConfig,
     Config,
     ConfigError,
     ConfigIssue,
     Domain,
+    ImapConfig,
     Listener,
     LogConfig,
+    Pop3Config,
     SmtpConfig,
     TlsConfig,
 )
@@ -60,7 +63,7 @@ from mailkeep.units import parse_duration, parse_size
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 TOP_LEVEL_KEYS = ("hostname", "data_dir", "run_as", "postmaster", "log", "tls", "smtp",
-                  "listeners", "domains", "accounts", "aliases")
+                  "auth", "imap", "pop3", "listeners", "domains", "accounts", "aliases")
 LOG_KEYS = ("format", "level", "file")
 TLS_KEYS = ("cert", "key")
 SMTP_KEYS = tuple(f.name for f in fields(SmtpConfig))
@@ -88,7 +91,40 @@ _SMTP_RANGES: dict[str, tuple[float, float]] = {
     # RFC 5321 §4.5.3.1.6: a line of 1000 octets (with CRLF) must always be accepted.
     "max_data_line": (1000, 100 * 1024 * 1024),
 }
+_AUTH_RANGES: dict[str, tuple[float, float]] = {
+    "max_failures_per_ip": (1, 1_000_000),
+    "max_failures_per_account": (1, 1_000_000),
+    "failure_window": (1, 86400),
+    "max_failure_delay": (0, 300),
+    "login_cache_ttl": (0, 86400 * 30),
+    "scram_iterations": (4096, 10_000_000),
+}
+_IMAP_RANGES: dict[str, tuple[float, float]] = {
+    "max_connections": (1, 1_000_000),
+    "max_connections_per_ip": (1, 1_000_000),
+    "max_connections_per_account": (1, 1_000_000),
+    "max_line": (1000, 16 * 1024 * 1024),
+    "append_limit": (1024, 1 << 40),
+    "max_literal_unauthenticated": (256, 1024 * 1024),
+    "max_depth": (4, 1000),
+    "max_commands_per_second": (1, 1_000_000),
+    "preauth_timeout": (1, 3600),
+    "autologout": (60, 86400),
+    "max_errors": (1, 10_000),
+}
+_POP3_RANGES: dict[str, tuple[float, float]] = {
+    "max_connections": (1, 1_000_000),
+    "max_connections_per_ip": (1, 1_000_000),
+    "max_line": (255, 65536),
+    "timeout": (60, 86400),
+    "login_delay": (0, 86400),
+    "max_errors": (1, 10_000),
+}
 _SMTP_SIZES = {"message_size_limit"}
+_SIZES = {"message_size_limit", "append_limit", "max_literal_unauthenticated"}
+_DURATIONS = {"error_sleep", "command_timeout", "data_timeout", "failure_window",
+              "max_failure_delay", "login_cache_ttl", "preauth_timeout", "autologout",
+              "timeout"}
 _SMTP_DURATIONS = {"error_sleep", "command_timeout", "data_timeout"}
 _MAX_QUOTA = 1 << 50
 _MAX_QUOTA_MESSAGES = 1 << 40
@@ -301,6 +337,10 @@ class _Loader:
         log = self._log(data)
         tls = self._tls(data)
         smtp = self._smtp(data)
+        auth = self._limits_section(data, "auth", AuthConfig, _AUTH_RANGES,
+                                    ("cram_md5", "allow_plaintext_loopback"))
+        imap = self._limits_section(data, "imap", ImapConfig, _IMAP_RANGES)
+        pop3 = self._limits_section(data, "pop3", Pop3Config, _POP3_RANGES)
         listeners = self._listeners(data, data_dir)
         domains, burned_raw = self._domains(data)
         accounts = self._accounts(data, domains)
@@ -310,7 +350,8 @@ class _Loader:
 
         config = Config(
             path=self.path, hostname=hostname, data_dir=data_dir, run_as=run_as,
-            postmaster=postmaster, log=log, tls=tls, smtp=smtp, listeners=listeners,
+            postmaster=postmaster, log=log, tls=tls, smtp=smtp, auth=auth, imap=imap, pop3=pop3,
+            listeners=listeners,
             domains=_frozen(domains), accounts=_frozen(accounts),
             aliases=_frozen({k: v[0] for k, v in aliases.items()}),
         )
@@ -389,6 +430,23 @@ class _Loader:
             self.warn("smtp.command_timeout", "RFC 5321 §4.5.3.2.7 asks servers to wait at least "
                       "5 minutes for the next command")
         return smtp
+
+    def _limits_section(self, data: Mapping[str, Any], name: str, cls: type,
+                        ranges: Mapping[str, tuple[float, float]],
+                        booleans: Sequence[str] = ()) -> Any:
+        """A section of named numeric limits (and switches), each checked against its range."""
+        defaults = cls()
+        table = self.table(data.get(name), name)
+        if table is None:
+            return defaults
+        self.known_keys(table, tuple(f.name for f in fields(cls)), name)
+        values: dict[str, Any] = {}
+        for key, (low, high) in ranges.items():
+            kind = "size" if key in _SIZES else "duration" if key in _DURATIONS else "int"
+            values[key] = self.number(table, key, (name,), getattr(defaults, key), low, high, kind)
+        for key in booleans:
+            values[key] = self.boolean(table, key, (name,), getattr(defaults, key))
+        return cls(**values)
 
     def _listeners(self, data: Mapping[str, Any], data_dir: Path) -> tuple[Listener, ...]:
         if "listeners" not in data:

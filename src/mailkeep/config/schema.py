@@ -126,6 +126,65 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: how clients prove who they are (IMAP, POP3, later submission)."""
+
+    #: Offer CRAM-MD5 (RFC 2195). It needs an MD5-based secret on the server that is as
+    #: good as the password to an attacker who steals the passwd file; off by default.
+    cram_md5: bool = False
+    #: Treat connections from loopback as secured (PLAIN/LOGIN without TLS), as Dovecot
+    #: does; ``localserve`` turns it on, ``serve`` leaves it off unless set.
+    allow_plaintext_loopback: bool = False
+    #: Failed logins from one IP within ``failure_window`` before it is refused outright.
+    max_failures_per_ip: int = 10
+    #: Failed logins for one account within ``failure_window`` before it is locked for the
+    #: rest of the window (clients on other IPs still log in with the right password after
+    #: the delay, see docs/auth.md).
+    max_failures_per_account: int = 20
+    failure_window: float = 900.0
+    #: The delay before a failure reply grows with each failure, up to this.
+    max_failure_delay: float = 15.0
+    #: How long a successful password check is remembered (as a keyed digest, never the
+    #: password) so a reconnecting client does not pay Argon2 again; 0 turns it off.
+    login_cache_ttl: float = 3600.0
+    #: PBKDF2 iterations of new SCRAM verifiers (RFC 7677 §4: at least 4096).
+    scram_iterations: int = 4096
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    """``[imap]``: limits of the IMAP server (sizes in bytes, times in seconds)."""
+
+    max_connections: int = 5000
+    max_connections_per_ip: int = 100
+    max_connections_per_account: int = 50
+    max_line: int = 65536
+    #: APPENDLIMIT (RFC 7889): the largest message APPEND accepts.
+    append_limit: int = 100 * 1024 * 1024
+    max_literal_unauthenticated: int = 8192
+    max_depth: int = 32
+    max_commands_per_second: int = 500
+    preauth_timeout: float = 60.0
+    #: RFC 9051 §5.4: at least 30 minutes of inactivity before an autologout.
+    autologout: float = 1800.0
+    max_errors: int = 20
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    """``[pop3]``: limits of the POP3 server."""
+
+    max_connections: int = 2000
+    max_connections_per_ip: int = 50
+    max_line: int = 512
+    #: RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
+    timeout: float = 600.0
+    #: LOGIN-DELAY (RFC 2449 §6.5) announced to clients, seconds; 0 announces none.
+    login_delay: int = 0
+    max_errors: int = 10
+
+
+@dataclass(frozen=True)
 class Listener:
     """``[[listeners]]``: one socket the server listens on.
 
@@ -185,6 +244,9 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    imap: ImapConfig = field(default_factory=ImapConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
     listeners: tuple[Listener, ...] = ()
     domains: Mapping[str, Domain] = field(default_factory=_frozen_map)
     accounts: Mapping[str, Account] = field(default_factory=_frozen_map)
