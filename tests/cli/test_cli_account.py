@@ -255,7 +255,8 @@ def test_passwd(config_file: Path, store: FakeStore, monkeypatch: pytest.MonkeyP
     assert run("account", "passwd", "Me@Example.com", "--password-stdin") == 0
     assert capsys.readouterr().out == "password of me@example.com changed\n"
     entry = passwd_of(config_file).get("me@example.com")
-    assert verify_password(entry.hash, "brand-new-password") and entry.extra == "k=v"
+    assert verify_password(entry.hash, "brand-new-password") and entry.extra_fields()["k"] == "v"
+    assert "scram-sha-256" in entry.extra_fields()
     stdin(monkeypatch, "")
     assert run("account", "passwd", "me@example.com") == 1
     assert "use --password-stdin" in capsys.readouterr().err

@@ -3,9 +3,9 @@
 One line per user: ``user:password:uid:gid:gecos:home:shell:extra_fields`` (Dovecot
 "Passwd-file" documentation). Mailkeep writes ``user:{ARGON2ID}...::::::`` - the system
 fields stay empty because accounts are virtual - and keeps everything it does not
-understand: comment lines, unknown extra fields (later, SCRAM verifiers will sit there
-next to the hash), even lines it cannot parse. The file can be read by Dovecot tooling and
-imported from it.
+understand: comment lines, unknown extra fields (SCRAM verifiers and the CRAM-MD5 state
+sit there next to the hash, see ``mailkeep.sasl.credentials``), even lines it cannot
+parse. The file can be read by Dovecot tooling and imported from it.
 
 Writers take an exclusive ``fcntl.flock`` on ``passwd.lock``, re-read the file, change it
 and replace it atomically (``mailkeep.durable``) with mode 0600, so concurrent ``mailkeep
@@ -20,7 +20,7 @@ import fcntl
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -105,6 +105,17 @@ def _check_field(name: str, value: str, *, allow_colon: bool = False) -> None:
     bad = "\r\n\0" if allow_colon else ":\r\n\0"
     if any(ch in bad for ch in value):
         raise ValueError(f"the {name} cannot contain a colon, a line break or a NUL")
+
+
+def _check_changes(changes: Mapping[str, tuple[str, str | None] | None]) -> None:
+    for user, change in changes.items():
+        _check_field("user name", user)
+        if not user or user.lstrip().startswith("#"):
+            raise ValueError("a user name cannot be empty or start with #")
+        if change is not None:
+            _check_field("password hash", change[0])
+            if change[1] is not None:
+                _check_field("extra fields", change[1], allow_colon=True)
 
 
 class PasswdFile:
@@ -215,14 +226,7 @@ class PasswdFile:
 
     def update(self, changes: Mapping[str, tuple[str, str | None] | None]) -> None:
         """Apply several changes in one rewrite: user -> (hash, extra) to set, None to remove."""
-        for user, change in changes.items():
-            _check_field("user name", user)
-            if not user or user.lstrip().startswith("#"):
-                raise ValueError("a user name cannot be empty or start with #")
-            if change is not None:
-                _check_field("password hash", change[0])
-                if change[1] is not None:
-                    _check_field("extra fields", change[1], allow_colon=True)
+        _check_changes(changes)
         if all(change is None for change in changes.values()):
             # Only removals: nothing to do (and no file or directory to create) when none of
             # the users is present.
@@ -232,29 +236,52 @@ class PasswdFile:
                     return
         with self._mutex, self._locked():
             self._refresh(force=True)
-            lines = list(self._lines)
-            done: set[str] = set()
-            out: list[str] = []
-            for line in lines:
-                try:
-                    entry = parse_passwd_line(line)
-                except ValueError:
-                    entry = None
-                if entry is None or entry.user not in changes:
-                    out.append(line)
-                    continue
-                change = changes[entry.user]
-                if change is None or entry.user in done:
-                    continue  # removed, or a duplicate line of a user we just rewrote
-                password_hash, extra = change
-                out.append(replace(entry, hash=password_hash,
-                                   extra=entry.extra if extra is None else extra).to_line())
-                done.add(entry.user)
-            for user, change in changes.items():
-                if change is not None and user not in done:
-                    out.append(PasswdEntry(user, change[0], extra=change[1] or "").to_line())
-            self._write(out)
+            self._apply(changes)
+
+    def modify(self, user: str,
+               change: Callable[[PasswdEntry | None], tuple[str, str] | None]) -> bool:
+        """Read-modify-write one user under the file lock; True if the file was rewritten.
+
+        ``change`` gets the current entry (None if there is none) as it is on disk while
+        the lock is held, and returns ``(hash, extra)`` to store or None to leave the file
+        alone. A compare-and-set: the login code upgrades a hash only if it is still the
+        one it verified, and merges its extra fields into whatever is there now.
+        """
+        _check_changes({user: ("", None)})
+        with self._mutex, self._locked():
             self._refresh(force=True)
+            result = change(self._entries.get(user))
+            if result is None:
+                return False
+            _check_changes({user: result})
+            self._apply({user: result})
+            return True
+
+    def _apply(self, changes: Mapping[str, tuple[str, str | None] | None]) -> None:
+        """Rewrite the file with ``changes``; the caller holds the mutex and the file lock."""
+        lines = list(self._lines)
+        done: set[str] = set()
+        out: list[str] = []
+        for line in lines:
+            try:
+                entry = parse_passwd_line(line)
+            except ValueError:
+                entry = None
+            if entry is None or entry.user not in changes:
+                out.append(line)
+                continue
+            change = changes[entry.user]
+            if change is None or entry.user in done:
+                continue  # removed, or a duplicate line of a user we just rewrote
+            password_hash, extra = change
+            out.append(replace(entry, hash=password_hash,
+                               extra=entry.extra if extra is None else extra).to_line())
+            done.add(entry.user)
+        for user, change in changes.items():
+            if change is not None and user not in done:
+                out.append(PasswdEntry(user, change[0], extra=change[1] or "").to_line())
+        self._write(out)
+        self._refresh(force=True)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

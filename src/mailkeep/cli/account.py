@@ -32,6 +32,7 @@ from mailkeep.cli.main import add_config_argument
 from mailkeep.config import Config
 from mailkeep.config.edit import add_account, add_domain, remove_account
 from mailkeep.config.names import InvalidName, canonical_address, canonical_domain
+from mailkeep.sasl.credentials import write_credentials
 from mailkeep.units import format_size, parse_size
 
 # Passwords chosen by people must be at least this long; generated ones are 20 characters.
@@ -160,6 +161,15 @@ def read_new_password(args: argparse.Namespace, *, allow_generate: bool) -> tupl
     return password, False
 
 
+def store_password(config: Config, address: str, password_hash: str, password: str) -> None:
+    """Write the hash together with the SCRAM verifiers (and the CRAM-MD5 state when
+    ``[auth] cram_md5`` is on) derived from the same password, in one rewrite; other
+    extra fields of the entry are kept (docs/auth.md)."""
+    write_credentials(PasswdFile(config.passwd_file), address, password_hash, password,
+                      scram_iterations=config.auth.scram_iterations,
+                      cram_md5=config.auth.cram_md5)
+
+
 def open_store(config: Config) -> Any | None:
     """The mail store of ``config``, or None when this installation has none yet."""
     try:
@@ -203,7 +213,7 @@ def cmd_add(args: argparse.Namespace) -> int:
         return 1
     config = result.config
     try:
-        PasswdFile(config.passwd_file).set(address, password_hash)
+        store_password(config, address, password_hash, password)
     except OSError as exc:
         return fail(f"the account was added, but its password could not be stored ({exc}); "
                     f"run 'mailkeep account passwd {address}'")
@@ -322,7 +332,7 @@ def cmd_passwd(args: argparse.Namespace) -> int:
         password, _ = read_new_password(args, allow_generate=False)
     except PasswordInputError as exc:
         return fail(str(exc))
-    PasswdFile(config.passwd_file).set(address, hash_password(password))
+    store_password(config, address, hash_password(password), password)
     print(f"password of {address} changed")
     return 0
 
