@@ -1,0 +1,70 @@
+"""Sans-IO POP3 server core (RFC 1939 with CAPA and response codes, RFC 2449 and RFC 3206;
+STLS, RFC 2595; AUTH, RFC 5034).
+
+The adapter (``mailkeep.servers.pop3``) feeds bytes to a ``ServerConnection``, pulls events
+with ``next_event()``, answers decisions (``login``, ``err``, ``auth_challenge``,
+``begin_message``/``message_data``/``end_message``, ``ok``, ``tls_started``) and writes
+``data_to_send()``. The whole protocol lives in ``server``.
+"""
+
+from .server import (
+    MAX_SASL_LINE,
+    NEED_DATA,
+    Auth,
+    AuthResponse,
+    Capa,
+    ClientError,
+    ConnectionClosed,
+    Dele,
+    Event,
+    List,
+    ListedMessage,
+    MessageStream,
+    NeedData,
+    Noop,
+    Pass,
+    Quit,
+    Reply,
+    Retr,
+    Rset,
+    ServerConnection,
+    SessionConfig,
+    Stat,
+    State,
+    Stls,
+    Top,
+    Uidl,
+    UsageError,
+    User,
+)
+
+__all__ = [
+    "MAX_SASL_LINE",
+    "NEED_DATA",
+    "Auth",
+    "AuthResponse",
+    "Capa",
+    "ClientError",
+    "ConnectionClosed",
+    "Dele",
+    "Event",
+    "List",
+    "ListedMessage",
+    "MessageStream",
+    "NeedData",
+    "Noop",
+    "Pass",
+    "Quit",
+    "Reply",
+    "Retr",
+    "Rset",
+    "ServerConnection",
+    "SessionConfig",
+    "Stat",
+    "State",
+    "Stls",
+    "Top",
+    "Uidl",
+    "UsageError",
+    "User",
+]
