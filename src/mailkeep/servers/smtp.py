@@ -30,6 +30,7 @@ from mailkeep.delivery.pipeline import (
     new_message_id,
 )
 from mailkeep.logfmt import log
+from mailkeep.servers import tlsio
 from mailkeep.smtp import server as core
 from mailkeep.smtp.reply import Reply
 
@@ -477,9 +478,9 @@ class SMTPSession(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self.ctx.tls_context is not None
         try:
-            new_transport = await self.loop.start_tls(
-                transport, self, self.ctx.tls_context, server_side=True,
-                ssl_handshake_timeout=min(self.ctx.limits.command_timeout, 60.0))
+            new_transport = await tlsio.start_tls(
+                transport, self, self.ctx.tls_context,
+                handshake_timeout=min(self.ctx.limits.command_timeout, 60.0))
         except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
             log(logger, "TLS handshake failed", logging.INFO, client=self.info.client_ip,
                 error=str(exc) or type(exc).__name__)
