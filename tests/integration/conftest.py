@@ -46,6 +46,30 @@ tls = "implicit"
 protocol = "lmtp"
 address = "unix:{lmtp}"
 
+[[listeners]]
+protocol = "imap"
+address = "127.0.0.1:{imap}"
+
+[[listeners]]
+protocol = "imaps"
+address = "127.0.0.1:{imaps}"
+
+[[listeners]]
+protocol = "pop3"
+address = "127.0.0.1:{pop3}"
+
+[[listeners]]
+protocol = "pop3s"
+address = "127.0.0.1:{pop3s}"
+
+[auth]
+max_failure_delay = "0.3s"
+max_failures_per_ip = 50
+
+[imap]
+preauth_timeout = "20s"
+max_connections_per_account = 20
+
 [domains."example.test"]
 catch_all = "catch@example.test"
 subaddress_separator = "+"
@@ -81,9 +105,21 @@ relay_only = true
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all sockets stay bound until every port is chosen."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
@@ -112,6 +148,10 @@ class RunningServer:
     smtps_port: int
     lmtp_socket: Path
     log: Path
+    imap_port: int = 0
+    imaps_port: int = 0
+    pop3_port: int = 0
+    pop3s_port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
@@ -122,6 +162,11 @@ class RunningServer:
         self.proc = subprocess.Popen([MAILKEEP, "serve", "--config", str(self.config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for_port(self.smtp_port, proc=self.proc)
+        # Every listener is up and the signal handlers are installed once "started" is
+        # logged (the SMTP port answers before the IMAP and POP3 listeners are started).
+        deadline = time.monotonic() + 20
+        while "msg=started" not in self.log_text() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
@@ -146,6 +191,16 @@ class RunningServer:
         finally:
             store.close()
 
+    def set_password(self, account: str, password: str) -> None:
+        result = self.cli("account", "passwd", account, "--password-stdin",
+                          input=password + "\n")
+        assert result.returncode == 0, result.stderr
+
+    @property
+    def ca_file(self) -> Path:
+        """The self-signed certificate the server generated (trust it in clients)."""
+        return self.data_dir / "tls" / "selfsigned-ecdsa.pem"
+
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
@@ -156,12 +211,14 @@ class RunningServer:
 
 def make_server(directory: Path) -> RunningServer:
     directory.mkdir(parents=True, exist_ok=True)
-    smtp, smtps = free_port(), free_port()
+    smtp, smtps, imap, imaps, pop3, pop3s = free_ports(6)
     lmtp = directory / "lmtp.sock"
     log = directory / "mailkeep.log"
     config = directory / "mailkeep.toml"
-    config.write_text(CONFIG.format(smtp=smtp, smtps=smtps, lmtp=lmtp, log=log))
-    return RunningServer(directory, config, smtp, smtps, lmtp, log)
+    config.write_text(CONFIG.format(smtp=smtp, smtps=smtps, lmtp=lmtp, log=log, imap=imap,
+                                    imaps=imaps, pop3=pop3, pop3s=pop3s))
+    return RunningServer(directory, config, smtp, smtps, lmtp, log, imap_port=imap,
+                         imaps_port=imaps, pop3_port=pop3, pop3s_port=pop3s)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,10 @@ from mailkeep.cli.main import add_config_argument, config_path
 LOCALSERVE_PORTS = {
     # Fixed ports of localserve; each protocol's issue fills its own in.
     "smtp": 1025,
+    "imap": 1143,
+    "imaps": 1993,
+    "pop3": 1110,
+    "pop3s": 1995,
 }
 DEMO_ACCOUNT = "demo@localhost"
 
@@ -35,6 +39,27 @@ address = "127.0.0.1:{smtp}"
 protocol = "lmtp"
 address = "unix:{lmtp_socket}"
 
+[[listeners]]
+protocol = "imap"
+address = "127.0.0.1:{imap}"
+
+[[listeners]]
+protocol = "imaps"
+address = "127.0.0.1:{imaps}"
+
+[[listeners]]
+protocol = "pop3"
+address = "127.0.0.1:{pop3}"
+
+[[listeners]]
+protocol = "pop3s"
+address = "127.0.0.1:{pop3s}"
+
+[auth]
+# As Dovecot does, treat loopback as secured: plaintext LOGIN/PLAIN without TLS is allowed
+# from 127.0.0.1 only. `mailkeep serve` never allows it unless this is set.
+allow_plaintext_loopback = true
+
 [domains.localhost]
 
 [accounts."demo@localhost"]
@@ -54,7 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "external service, a self-signed certificate generated on first start, and one demo "
         "account demo@localhost. Runs in the foreground; Ctrl-C or SIGTERM stops it cleanly.",
         epilog="Ports: SMTP 1025 (mail for @localhost, exactly as a production MX would "
-        "accept it).\n\nExamples:\n  mailkeep localserve\n  mailkeep localserve --dir /tmp/mk "
+        "accept it), IMAP 1143 (STARTTLS), IMAPS 1993, POP3 1110 (STLS), POP3S 1995. "
+        "Plaintext login is allowed from loopback only.\n\nExamples:\n  mailkeep localserve\n  mailkeep localserve --dir /tmp/mk "
         "--password secret\n  swaks --server 127.0.0.1:1025 --to demo@localhost",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -92,6 +118,7 @@ def prepare_localserve(directory: Path, password: str | None) -> tuple[Path, str
     """Create DIR with its config and demo account once; return (config path, password)."""
     from mailkeep.auth.passwd_file import PasswdFile
     from mailkeep.auth.passwords import hash_password, verify_password
+    from mailkeep.cli.account import store_password
     from mailkeep.config import load_config
     from mailkeep.durable import atomic_write_text
 
@@ -100,7 +127,7 @@ def prepare_localserve(directory: Path, password: str | None) -> tuple[Path, str
     config_file = directory / "mailkeep.toml"
     if not config_file.exists():
         atomic_write_text(config_file, LOCALSERVE_CONFIG.format(
-            smtp=LOCALSERVE_PORTS["smtp"], lmtp_socket=directory / "lmtp.sock"))
+            lmtp_socket=directory / "lmtp.sock", **LOCALSERVE_PORTS))
     password_file = directory / "demo-password"
     if password is None:
         if password_file.exists():
@@ -113,8 +140,10 @@ def prepare_localserve(directory: Path, password: str | None) -> tuple[Path, str
     config.data_dir.mkdir(parents=True, exist_ok=True)
     passwd = PasswdFile(config.passwd_file)
     entry = passwd.get(DEMO_ACCOUNT)
-    if entry is None or not verify_password(entry.hash, password):
-        passwd.set(DEMO_ACCOUNT, hash_password(password))
+    if entry is None or not verify_password(entry.hash, password) \
+            or "scram-sha-256" not in entry.extra_fields():
+        # The hash and the SCRAM verifiers together, so every mechanism works at once.
+        store_password(config, DEMO_ACCOUNT, hash_password(password), password)
     return config_file, password
 
 
@@ -137,6 +166,8 @@ def cmd_localserve(args: argparse.Namespace) -> int:
                          + (f" (TLS: {lst.tls})" if lst.tls != "none" else ""))
         lines.append(f"  try       : swaks --server 127.0.0.1:{LOCALSERVE_PORTS['smtp']} "
                      f"--to {DEMO_ACCOUNT}")
+        lines.append(f"              mutt -f imaps://{DEMO_ACCOUNT.replace('@', '%40')}"
+                     f"@127.0.0.1:{LOCALSERVE_PORTS['imaps']}/   (self-signed certificate)")
         print("\n".join(lines) + "\n", flush=True)
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

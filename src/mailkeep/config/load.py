@@ -117,6 +117,7 @@ _POP3_RANGES: dict[str, tuple[float, float]] = {
     "max_connections_per_ip": (1, 1_000_000),
     "max_line": (255, 65536),
     "timeout": (60, 86400),
+    "preauth_timeout": (10, 3600),
     "login_delay": (0, 86400),
     "max_errors": (1, 10_000),
 }

@@ -179,6 +179,8 @@ class Pop3Config:
     max_line: int = 512
     #: RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
     timeout: float = 600.0
+    #: Time to log in.
+    preauth_timeout: float = 60.0
     #: LOGIN-DELAY (RFC 2449 §6.5) announced to clients, seconds; 0 announces none.
     login_delay: int = 0
     max_errors: int = 10

@@ -26,11 +26,14 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mailkeep.addressing import Resolver
 from mailkeep.config import Config, ConfigError, load_config
 from mailkeep.delivery.pipeline import Pipeline
 from mailkeep.logfmt import log, setup_logging
+from mailkeep.sasl import Authenticator
+from mailkeep.servers.imap import ConnectionCounts, IMAPContext, IMAPListener
 from mailkeep.servers.smtp import ReceiverContext, SMTPListener
 from mailkeep.servers.tls import TLSManager
 from mailkeep.smtp.server import SessionConfig
@@ -38,18 +41,32 @@ from mailkeep.smtp.server import SessionConfig
 logger = logging.getLogger("mailkeep.server")
 
 SMTP_PROTOCOLS = {"smtp", "lmtp"}
+IMAP_PROTOCOLS = {"imap", "imaps"}
+POP3_PROTOCOLS = {"pop3", "pop3s"}
+SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS
 TLS_RELOAD_INTERVAL = 60.0
+
+
+def protocol_family(protocol: str) -> str:
+    """Which server speaks a listener protocol: "smtp", "imap" or "pop3"."""
+    if protocol in IMAP_PROTOCOLS:
+        return "imap"
+    if protocol in POP3_PROTOCOLS:
+        return "pop3"
+    return "smtp"
 
 
 @dataclass(frozen=True)
 class ListenerKey:
-    """A listener is its socket: a reload that changes only protocol or TLS keeps it."""
+    """A listener is its socket and the server behind it: a reload that changes only TLS
+    or limits keeps it; one that moves an address to another protocol family rebinds."""
 
     address: str
+    family: str = "smtp"
 
 
 def listener_key(listener) -> ListenerKey:
-    return ListenerKey(listener.address)
+    return ListenerKey(listener.address, protocol_family(listener.protocol))
 
 
 def bind_socket(address: str, *, unix_mode: int = 0o666) -> socket.socket:
@@ -97,6 +114,13 @@ def bind_socket(address: str, *, unix_mode: int = 0o666) -> socket.socket:
     return sock
 
 
+def open_fts(store: Any, data_dir: Path) -> Any:
+    """The full-text index beside the store (rebuilt from the store if it is lost)."""
+    from mailkeep.store.fts import FullTextIndex
+
+    return FullTextIndex.for_data_dir(store, data_dir)
+
+
 def drop_privileges(user: str, data_dir: Path) -> None:
     """Switch to ``user`` (and its groups) for good; the data directory becomes theirs."""
     if os.getuid() != 0:
@@ -125,10 +149,15 @@ class Server:
         self.banner = banner
         self.store = None
         self.tls: TLSManager | None = None
-        self.listeners: dict[ListenerKey, SMTPListener] = {}
+        self.listeners: dict[ListenerKey, Any] = {}
+        self.authenticator: Any = None
+        self.imap_counts = ConnectionCounts()
+        self.pop3_counts: Any = None
+        self.pop3_login_times: Any = None
         self.bound: dict[ListenerKey, socket.socket] = {}
         self.stopping: asyncio.Event | None = None  # created in run(), inside the loop
         self.ready: asyncio.Event | None = None
+        self.fts: Any = None
         self._reload_task: asyncio.Task | None = None
 
     # -- assembling the runtime from a config ------------------------------------------
@@ -175,11 +204,42 @@ class Server:
             if not account.relay_only:
                 self.store.ensure_account(name)
 
-    def _smtp_listeners(self, config: Config) -> list:
-        return [lst for lst in config.listeners if lst.protocol in SMTP_PROTOCOLS]
+    def _served_listeners(self, config: Config) -> list:
+        return [lst for lst in config.listeners if lst.protocol in SERVED_PROTOCOLS]
+
+    def _context(self, config: Config, pipeline: Pipeline, listener) -> Any:
+        """The per-listener context of the server that speaks its protocol."""
+        family = protocol_family(listener.protocol)
+        tls_ctx = self.tls.context if self.tls and listener.tls != "none" else None
+        implicit = listener.tls == "implicit"
+        name = f"{listener.protocol}:{listener.address}"
+        if family == "imap":
+            return IMAPContext(config=config, store=self.store,
+                               authenticator=self.authenticator, tls_context=tls_ctx,
+                               implicit_tls=implicit, listener=name, fts=self.fts)
+        if family == "pop3":
+            from mailkeep.servers.pop3 import pop3_context
+
+            return pop3_context(config, self.store, self.authenticator, tls_ctx,
+                                implicit, name)
+        return self._receiver_context(config, pipeline, listener)
+
+    def _make_listener(self, key: ListenerKey, context: Any) -> Any:
+        if key.family == "imap":
+            return IMAPListener(key.address, context, self.imap_counts)
+        if key.family == "pop3":
+            from mailkeep.servers.pop3 import ConnectionCounter, LoginTimes, POP3Listener
+
+            # One counter and one login table for every POP3 listener: the [pop3] limits
+            # and LOGIN-DELAY apply to the server, not to each port.
+            if self.pop3_counts is None:
+                self.pop3_counts, self.pop3_login_times = ConnectionCounter(), LoginTimes()
+            return POP3Listener(key.address, context, self.pop3_counts,
+                                self.pop3_login_times)
+        return SMTPListener(key.address, context)
 
     def bind_all(self) -> None:
-        for listener in self._smtp_listeners(self.config):
+        for listener in self._served_listeners(self.config):
             key = listener_key(listener)
             try:
                 self.bound[key] = bind_socket(listener.address)
@@ -222,13 +282,14 @@ class Server:
                     run_as=config.run_as)
         self.store = await asyncio.to_thread(open_store, config.data_dir)
         self._ensure_accounts(config)
+        self.authenticator = Authenticator.from_config(config)
+        self.fts = await asyncio.to_thread(open_fts, self.store, config.data_dir)
         pipeline = Pipeline(config, self.store, Resolver(config))
-        for listener in self._smtp_listeners(config):
+        for listener in self._served_listeners(config):
             key = listener_key(listener)
-            smtp_listener = SMTPListener(key.address, self._receiver_context(config, pipeline,
-                                                                              listener))
-            await smtp_listener.start(self.bound.pop(key))
-            self.listeners[key] = smtp_listener
+            server = self._make_listener(key, self._context(config, pipeline, listener))
+            await server.start(self.bound.pop(key))
+            self.listeners[key] = server
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -237,7 +298,7 @@ class Server:
         pidfile.write_text(f"{os.getpid()}\n")
         log(logger, "started", hostname=config.hostname, pid=os.getpid(),
             listeners=",".join(f"{lst.protocol}:{lst.address}"
-                               for lst in self._smtp_listeners(config)))
+                               for lst in self._served_listeners(config)))
         if self.banner:
             self.banner(config)
         self.ready.set()
@@ -249,6 +310,8 @@ class Server:
             log(logger, "stopping")
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
             await asyncio.to_thread(self.store.close)
+            if self.fts is not None:
+                await asyncio.to_thread(self.fts.close)
             with contextlib.suppress(FileNotFoundError):
                 pidfile.unlink()
             for key in self.listeners:
@@ -266,10 +329,10 @@ class Server:
 
     def _apply(self, config: Config) -> None:
         pipeline = Pipeline(config, self.store, Resolver(config))
-        for listener in self._smtp_listeners(config):
+        for listener in self._served_listeners(config):
             key = listener_key(listener)
             if key in self.listeners:
-                self.listeners[key].update(self._receiver_context(config, pipeline, listener))
+                self.listeners[key].update(self._context(config, pipeline, listener))
 
     def _schedule_reload(self) -> None:
         # One reload at a time; a SIGHUP during a reload runs another one after it.
@@ -302,9 +365,10 @@ class Server:
         self.tls = tls
         self._ensure_accounts(config)
         self.config = config
+        self.authenticator.update(config)
         self._apply(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
-        new_listeners = {listener_key(lst): lst for lst in self._smtp_listeners(config)}
+        new_listeners = {listener_key(lst): lst for lst in self._served_listeners(config)}
         for key in set(self.listeners) - set(new_listeners):
             await self.listeners.pop(key).stop()
             if key.address.startswith("unix:"):
@@ -319,10 +383,9 @@ class Server:
                 log(logger, "cannot add listener on reload", logging.ERROR,
                     address=key.address, error=os.strerror(exc.errno or errno.EIO))
                 continue
-            smtp_listener = SMTPListener(key.address,
-                                         self._receiver_context(config, pipeline, listener))
-            await smtp_listener.start(sock)
-            self.listeners[key] = smtp_listener
+            server = self._make_listener(key, self._context(config, pipeline, listener))
+            await server.start(sock)
+            self.listeners[key] = server
         log(logger, "reloaded", accounts=len(config.accounts), domains=len(config.domains))
 
 
