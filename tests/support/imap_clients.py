@@ -6,7 +6,7 @@ and with a time limit, and hands back what it did (the finished process, and whe
 went), so a test can assert what a user would see: the files in the local Maildir, the
 messages fetchmail delivered, the message mutt saved. The drivers know nothing about the
 server behind ``Endpoint``; they are proved against Dovecot first
-(tests/interop/test_imap_clients_dovecot.py) and then pointed at Mailkeep.
+(tests/interop/test_imap_clients.py) and then pointed at Mailkeep.
 
 Every client verifies the server's certificate against ``Endpoint.ca_file`` and the name
 ``Endpoint.host`` (so use a name the certificate carries, e.g. ``localhost``); none falls

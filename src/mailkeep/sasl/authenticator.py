@@ -545,6 +545,7 @@ class Authenticator:
         fields: dict[str, object] = {
             "event": "auth", "result": result, "protocol": client.protocol, "ip": client.ip,
             "mechanism": mechanism, "account": _printable(username) if username else "",
+            "tls": client.tls_version or "no",
         }
         if reason:
             fields["reason"] = reason

@@ -701,7 +701,14 @@ class IMAPSession(asyncio.Protocol):
         try:
             return self._name(raw)
         except ValueError:
-            self._bad(tag, "Invalid mailbox name encoding")
+            # The command parsed (RFC 9051 §9 allows UTF-8 in quoted strings): a name this
+            # session cannot use is an operational NO, not a protocol BAD. It matters to
+            # sync clients: mbsync 1.4 sends local folder names as raw UTF-8, and on BAD it
+            # abandons the whole store, on NO only that folder (as with Dovecot).
+            # RFC 5530 §3: CANNOT, e.g. a name with characters the server cannot accept.
+            self.send(R.tagged(tag, "NO", "Invalid mailbox name: use modified UTF-7 "
+                               "(RFC 3501 section 5.1.3), or UTF-8 after ENABLE UTF8=ACCEPT",
+                               "CANNOT"))
             return None
 
     # -- authenticated commands --------------------------------------------------------
