@@ -353,3 +353,26 @@ def test_pop3s_through_serve_sees_imap_appends(imap_server):
             found = True
     assert found
     pop.quit()
+
+
+def test_imapclient_library_session(imap_server):
+    """The imapclient package (used by many scripts) over implicit TLS."""
+    from imapclient import IMAPClient
+
+    with IMAPClient("127.0.0.1", port=imap_server.imaps_port, ssl=True,
+                    ssl_context=client_context(imap_server), timeout=20) as client:
+        client.login(USER, PASSWORD)
+        assert b"UTF8=ACCEPT" in client.capabilities()
+        client.enable("UTF8=ACCEPT")
+        client.create_folder("Büro/Rechnungen")
+        folders = [name for _flags, _sep, name in client.list_folders()]
+        assert "Büro/Rechnungen" in folders
+        client.append("Büro/Rechnungen", b"Subject: Rechnung\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n")
+        info = client.select_folder("Büro/Rechnungen")
+        assert info[b"EXISTS"] == 1
+        (uid,) = client.search(["SUBJECT", "Rechnung"])
+        data = client.fetch([uid], ["ENVELOPE", "BODY.PEEK[TEXT]"])
+        assert data[uid][b"ENVELOPE"].subject == b"Rechnung"
+        assert data[uid][b"BODY[TEXT]"] == "Grüße\r\n".encode()
+        client.move([uid], "Archive")
+        assert client.select_folder("Büro/Rechnungen")[b"EXISTS"] == 0
