@@ -34,6 +34,7 @@ from mailkeep.delivery.pipeline import Pipeline
 from mailkeep.logfmt import log, setup_logging
 from mailkeep.sasl import Authenticator
 from mailkeep.servers.imap import ConnectionCounts, IMAPContext, IMAPListener
+from mailkeep.servers.indexer import BackgroundIndexer
 from mailkeep.servers.smtp import ReceiverContext, SMTPListener
 from mailkeep.servers.tls import TLSManager
 from mailkeep.smtp.server import SessionConfig
@@ -158,6 +159,7 @@ class Server:
         self.stopping: asyncio.Event | None = None  # created in run(), inside the loop
         self.ready: asyncio.Event | None = None
         self.fts: Any = None
+        self.indexer: Any = None
         self._reload_task: asyncio.Task | None = None
 
     # -- assembling the runtime from a config ------------------------------------------
@@ -198,6 +200,10 @@ class Server:
     @staticmethod
     def spool_dir(config: Config) -> Path:
         return config.data_dir / "spool" / "incoming"
+
+    @staticmethod
+    def _mailbox_accounts(config: Config) -> list[str]:
+        return [name for name, account in config.accounts.items() if not account.relay_only]
 
     def _ensure_accounts(self, config: Config) -> None:
         for name, account in config.accounts.items():
@@ -284,6 +290,9 @@ class Server:
         self._ensure_accounts(config)
         self.authenticator = Authenticator.from_config(config)
         self.fts = await asyncio.to_thread(open_fts, self.store, config.data_dir)
+        self.indexer = BackgroundIndexer(self.store, self.fts)
+        self.indexer.watch(self._mailbox_accounts(config))
+        self.indexer.start()
         pipeline = Pipeline(config, self.store, Resolver(config))
         for listener in self._served_listeners(config):
             key = listener_key(listener)
@@ -309,6 +318,7 @@ class Server:
             tls_task.cancel()
             log(logger, "stopping")
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            await self.indexer.stop()
             await asyncio.to_thread(self.store.close)
             if self.fts is not None:
                 await asyncio.to_thread(self.fts.close)
@@ -366,6 +376,7 @@ class Server:
         self._ensure_accounts(config)
         self.config = config
         self.authenticator.update(config)
+        self.indexer.watch(self._mailbox_accounts(config))
         self._apply(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
         new_listeners = {listener_key(lst): lst for lst in self._served_listeners(config)}

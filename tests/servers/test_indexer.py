@@ -1,0 +1,38 @@
+"""The background indexer catches a mailbox up once it has been quiet, not during a burst."""
+
+from __future__ import annotations
+
+import asyncio
+
+from mailkeep.servers.indexer import BackgroundIndexer
+from mailkeep.store import DeliveryRequest, open_store
+from mailkeep.store.fts import FullTextIndex
+
+ACCOUNT = "me@example.com"
+
+
+async def test_quiet_mailbox_gets_indexed(tmp_path):
+    store = open_store(tmp_path)
+    store.ensure_account(ACCOUNT)
+    fts = FullTextIndex.for_data_dir(store, tmp_path)
+    indexer = BackgroundIndexer(store, fts, quiet=0.3, batch=2)
+    indexer.watch([ACCOUNT])
+    indexer.start()
+    try:
+        results = await store.deliver([
+            DeliveryRequest(ACCOUNT, None, b"", f"Subject: m{n}\r\n\r\nbody {n}\r\n".encode())
+            for n in range(5)])
+        uids = [r.uid for r in results]
+        await asyncio.sleep(0.05)
+        # Still within the quiet period: nothing indexed yet.
+        assert fts.coverage(ACCOUNT, "INBOX").high == 0
+        deadline = asyncio.get_running_loop().time() + 10
+        while fts.coverage(ACCOUNT, "INBOX").high < max(uids):
+            assert asyncio.get_running_loop().time() < deadline, "never indexed"
+            await asyncio.sleep(0.05)
+        # Batches of 2: five messages took several rounds, and all were covered.
+        assert all(fts.coverage(ACCOUNT, "INBOX").covers(u) for u in uids)
+    finally:
+        await indexer.stop()
+        fts.close()
+        store.close()
