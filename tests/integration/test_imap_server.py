@@ -376,3 +376,35 @@ def test_imapclient_library_session(imap_server):
         assert data[uid][b"BODY[TEXT]"] == "Grüße\r\n".encode()
         client.move([uid], "Archive")
         assert client.select_folder("Büro/Rechnungen")[b"EXISTS"] == 0
+
+
+def test_sort_thread_and_esearch(imap_server):
+    conn = login(imap_server)
+    conn.create("Threads")
+    root = (b"Message-ID: <root@x.test>\r\nSubject: Plans\r\n"
+            b"Date: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\nroot\r\n")
+    reply = (b"Message-ID: <reply@x.test>\r\nIn-Reply-To: <root@x.test>\r\n"
+             b"References: <root@x.test>\r\nSubject: Re: Plans\r\n"
+             b"Date: Tue, 02 Jan 2024 10:00:00 +0000\r\n\r\nreply\r\n")
+    other = (b"Message-ID: <other@x.test>\r\nSubject: Another topic\r\n"
+             b"Date: Sun, 31 Dec 2023 10:00:00 +0000\r\n\r\nother\r\n")
+    for message in (reply, root, other):
+        assert conn.append("Threads", None, None, message)[0] == "OK"
+    conn.select("Threads")
+    typ, data = conn.uid("SORT", "(DATE)", "UTF-8", "ALL")
+    assert typ == "OK"
+    uids = data[0].split()
+    assert len(uids) == 3 and int(uids[0]) > int(uids[1])  # "other" then root then reply
+    typ, data = conn.uid("SORT", "(REVERSE DATE)", "UTF-8", "ALL")
+    assert data[0].split() == list(reversed(uids))
+    typ, data = conn.uid("THREAD", "REFERENCES", "UTF-8", "ALL")
+    assert typ == "OK"
+    assert data[0].decode().count("(") == 2  # two threads: "Plans" with its reply, "Another"
+    typ, _data = conn.uid("SEARCH", "RETURN", "(MIN MAX COUNT)", "ALL")
+    _name, esearch = conn.response("ESEARCH")
+    assert typ == "OK" and re.search(rb"UID MIN \d+ MAX \d+ COUNT 3", esearch[-1]), esearch
+    typ, data = conn.uid("SEARCH", "CHARSET", "UTF-8", "TEXT", "reply")
+    assert typ == "OK" and len(data[0].split()) == 1
+    typ, data = conn.uid("SEARCH", "CHARSET", "X-UNKNOWN", "TEXT", "reply")
+    assert typ == "NO" and b"BADCHARSET" in data[0]
+    conn.logout()

@@ -41,37 +41,6 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = [
-    "MAX_SASL_LINE",
-    "NEED_DATA",
-    "Auth",
-    "AuthResponse",
-    "Capa",
-    "ClientError",
-    "ConnectionClosed",
-    "Dele",
-    "Event",
-    "List",
-    "ListedMessage",
-    "MessageStream",
-    "NeedData",
-    "Noop",
-    "Pass",
-    "Quit",
-    "Reply",
-    "Retr",
-    "Rset",
-    "ServerConnection",
-    "SessionConfig",
-    "Stat",
-    "State",
-    "Stls",
-    "Top",
-    "Uidl",
-    "UsageError",
-    "User",
-]
-
 # RFC 5034 §4 sets no limit on SASL response lines, and SCRAM with channel binding or a long
 # user name outgrows the 255 octets of RFC 2449 §4; SMTP's RFC 4954 §4 figure is the bound.
 MAX_SASL_LINE = 12288

@@ -35,9 +35,12 @@ from mailkeep.logfmt import log, setup_logging
 from mailkeep.sasl import Authenticator
 from mailkeep.servers.imap import ConnectionCounts, IMAPContext, IMAPListener
 from mailkeep.servers.indexer import BackgroundIndexer
+from mailkeep.servers.pop3 import ConnectionCounter, LoginTimes, POP3Listener, pop3_context
 from mailkeep.servers.smtp import ReceiverContext, SMTPListener
 from mailkeep.servers.tls import TLSManager
 from mailkeep.smtp.server import SessionConfig
+from mailkeep.store import open_store
+from mailkeep.store.fts import FullTextIndex
 
 logger = logging.getLogger("mailkeep.server")
 
@@ -117,8 +120,6 @@ def bind_socket(address: str, *, unix_mode: int = 0o666) -> socket.socket:
 
 def open_fts(store: Any, data_dir: Path) -> Any:
     """The full-text index beside the store (rebuilt from the store if it is lost)."""
-    from mailkeep.store.fts import FullTextIndex
-
     return FullTextIndex.for_data_dir(store, data_dir)
 
 
@@ -224,8 +225,6 @@ class Server:
                                authenticator=self.authenticator, tls_context=tls_ctx,
                                implicit_tls=implicit, listener=name, fts=self.fts)
         if family == "pop3":
-            from mailkeep.servers.pop3 import pop3_context
-
             return pop3_context(config, self.store, self.authenticator, tls_ctx,
                                 implicit, name)
         return self._receiver_context(config, pipeline, listener)
@@ -234,8 +233,6 @@ class Server:
         if key.family == "imap":
             return IMAPListener(key.address, context, self.imap_counts)
         if key.family == "pop3":
-            from mailkeep.servers.pop3 import ConnectionCounter, LoginTimes, POP3Listener
-
             # One counter and one login table for every POP3 listener: the [pop3] limits
             # and LOGIN-DELAY apply to the server, not to each port.
             if self.pop3_counts is None:
@@ -258,8 +255,6 @@ class Server:
     # -- running ---------------------------------------------------------------------
 
     async def run(self) -> int:
-        from mailkeep.store import open_store
-
         config = self.config
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()

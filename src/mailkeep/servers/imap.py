@@ -37,10 +37,17 @@ from typing import Any, ClassVar
 from mailkeep import __version__ as MAILKEEP_VERSION
 from mailkeep.config.schema import Config
 from mailkeep.imap import commands as C
+from mailkeep.imap import fetch as F
 from mailkeep.imap import response as R
 from mailkeep.imap.parser import CommandParser
+from mailkeep.imap.search import SearchContext, SearchError, search
 from mailkeep.imap.selected import BadSequence, SelectedMailbox, ViewOptions, compact_uids
+from mailkeep.imap.sort import format_threads, sort, thread
 from mailkeep.logfmt import log
+from mailkeep.mime import from_json
+from mailkeep.sasl import ClientInfo, UnsupportedMechanism
+from mailkeep.servers import tlsio
+from mailkeep.servers.listener import SessionListener
 from mailkeep.store import api as S
 
 logger = logging.getLogger("mailkeep.imap")
@@ -434,11 +441,9 @@ class IMAPSession(asyncio.Protocol):
         return self.ctx.config.auth.allow_plaintext_loopback and _is_loopback(self.client_ip)
 
     def _client_info(self) -> Any:
-        from mailkeep.sasl import ClientInfo
-
         bindings: dict[str, bytes] = {}
         if self.tls_version and self.transport is not None:
-            bindings = _channel_bindings(self.transport)
+            bindings = tlsio.channel_bindings(self.transport)
         return ClientInfo(protocol="imap", ip=self.client_ip, secured=self._secured(),
                           tls_version=self.tls_version, channel_bindings=bindings)
 
@@ -509,7 +514,8 @@ class IMAPSession(asyncio.Protocol):
         transport = self.transport
         assert transport is not None and self.ctx.tls_context is not None
         try:
-            new = await _start_tls(transport, self, self.ctx.tls_context, 60.0)
+            new = await tlsio.start_tls(transport, self, self.ctx.tls_context,
+                                      handshake_timeout=60.0)
         except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
             log(logger, "TLS handshake failed", logging.INFO, client=self.client_ip,
                 error=str(exc) or type(exc).__name__)
@@ -533,8 +539,6 @@ class IMAPSession(asyncio.Protocol):
         await self._finish_auth(cmd.tag, result)
 
     async def cmd_authenticate(self, cmd: C.Authenticate) -> None:
-        from mailkeep.sasl import UnsupportedMechanism
-
         try:
             exchange = self.ctx.authenticator.start(cmd.mechanism, self._client_info())
         except UnsupportedMechanism:
@@ -819,15 +823,24 @@ class IMAPSession(asyncio.Protocol):
             return
         self.send(R.tagged(cmd.tag, "OK", "CREATE completed"))
 
-    async def cmd_delete(self, cmd: C.Delete) -> None:
-        name = self._valid_name(cmd.tag, cmd.mailbox)
+    def _mailbox_call(self, tag: str, raw: bytes, operation: Callable[[str, str], Any]
+                      ) -> str | None:
+        """Run a store operation on a named mailbox of this account; the mailbox name, or
+        None when it failed (the tagged reply is already written)."""
+        name = self._valid_name(tag, raw)
         if name is None:
-            return
+            return None
         assert self.account is not None
         try:
-            self.ctx.store.delete_mailbox(self.account, name)
+            operation(self.account, name)
         except S.StoreError as exc:
-            self._store_error(cmd.tag, exc)
+            self._store_error(tag, exc)
+            return None
+        return name
+
+    async def cmd_delete(self, cmd: C.Delete) -> None:
+        name = self._mailbox_call(cmd.tag, cmd.mailbox, self.ctx.store.delete_mailbox)
+        if name is None:
             return
         if self.selected is not None and self.selected.name == name:
             self.selected = None
@@ -857,28 +870,12 @@ class IMAPSession(asyncio.Protocol):
         self.send(R.tagged(cmd.tag, "OK", "RENAME completed"))
 
     async def cmd_subscribe(self, cmd: C.Subscribe) -> None:
-        name = self._valid_name(cmd.tag, cmd.mailbox)
-        if name is None:
-            return
-        assert self.account is not None
-        try:
-            self.ctx.store.subscribe_mailbox(self.account, name)
-        except S.StoreError as exc:
-            self._store_error(cmd.tag, exc)
-            return
-        self.send(R.tagged(cmd.tag, "OK", "SUBSCRIBE completed"))
+        if self._mailbox_call(cmd.tag, cmd.mailbox, self.ctx.store.subscribe_mailbox) is not None:
+            self.send(R.tagged(cmd.tag, "OK", "SUBSCRIBE completed"))
 
     async def cmd_unsubscribe(self, cmd: C.Unsubscribe) -> None:
-        name = self._valid_name(cmd.tag, cmd.mailbox)
-        if name is None:
-            return
-        assert self.account is not None
-        try:
-            self.ctx.store.unsubscribe_mailbox(self.account, name)
-        except S.StoreError as exc:
-            self._store_error(cmd.tag, exc)
-            return
-        self.send(R.tagged(cmd.tag, "OK", "UNSUBSCRIBE completed"))
+        if self._mailbox_call(cmd.tag, cmd.mailbox, self.ctx.store.unsubscribe_mailbox) is not None:
+            self.send(R.tagged(cmd.tag, "OK", "UNSUBSCRIBE completed"))
 
     async def cmd_namespace(self, cmd: C.Namespace) -> None:
         # RFC 2342: one personal namespace, no other users', no shared ones.
@@ -1198,8 +1195,6 @@ class IMAPSession(asyncio.Protocol):
     # FETCH (RFC 9051 §6.4.5)
 
     def _structure(self, uid: int) -> Any:
-        from mailkeep.mime import from_json
-
         sel = self.selected
         assert sel is not None and self.account is not None
         key = (sel.name, uid)
@@ -1225,8 +1220,6 @@ class IMAPSession(asyncio.Protocol):
                 return f.read()
 
     async def cmd_fetch(self, cmd: C.Fetch) -> None:
-        from mailkeep.imap import fetch as F
-
         sel = self.selected
         assert sel is not None and self.account is not None
         items = list(cmd.items)
@@ -1400,8 +1393,6 @@ class IMAPSession(asyncio.Protocol):
     # SEARCH, SORT, THREAD (RFC 9051 §6.4.4, RFC 4731, RFC 5182, RFC 5256)
 
     def _search_context(self) -> Any:
-        from mailkeep.imap.search import SearchContext
-
         sel = self.selected
         assert sel is not None and self.account is not None
         return SearchContext(store=self.ctx.store, account=self.account, mailbox=sel.name,
@@ -1427,8 +1418,6 @@ class IMAPSession(asyncio.Protocol):
         return False
 
     async def cmd_search(self, cmd: C.Search) -> None:
-        from mailkeep.imap.search import SearchError, search
-
         sel = self.selected
         assert sel is not None
         modseq_search = self._uses_modseq(cmd.key)
@@ -1491,8 +1480,6 @@ class IMAPSession(asyncio.Protocol):
         self.send(R.tagged(tag, "OK", f"{verb} completed"))
 
     async def cmd_sort(self, cmd: C.Sort) -> None:
-        from mailkeep.imap.search import SearchError, sort
-
         modseq_search = self._uses_modseq(cmd.key)
         if modseq_search:
             self.options.condstore = True
@@ -1515,8 +1502,6 @@ class IMAPSession(asyncio.Protocol):
         self.send(R.tagged(cmd.tag, "OK", "SORT completed"))
 
     async def cmd_thread(self, cmd: C.Thread) -> None:
-        from mailkeep.imap.search import SearchError, format_threads, thread
-
         await self._push_updates(allow_expunge=cmd.uid)
         ctx = self._search_context()
         try:
@@ -1562,60 +1547,15 @@ def _uid_list(uids: Iterable[int]) -> str:
     return ",".join(out)
 
 
-async def _start_tls(transport: asyncio.Transport, protocol: asyncio.Protocol,
-                     context: ssl.SSLContext, timeout: float) -> asyncio.Transport:
-    try:
-        from mailkeep.servers import tlsio
-    except ImportError:
-        loop = asyncio.get_running_loop()
-        new = await loop.start_tls(transport, protocol, context, server_side=True,
-                                   ssl_handshake_timeout=timeout)
-        assert new is not None
-        return new
-    return await tlsio.start_tls(transport, protocol, context, handshake_timeout=timeout)
-
-
-def _channel_bindings(transport: asyncio.BaseTransport) -> dict[str, bytes]:
-    try:
-        from mailkeep.servers import tlsio
-    except ImportError:
-        return {}
-    return tlsio.channel_bindings(transport)
-
-
-class IMAPListener:
-    """One listening socket speaking IMAP (STARTTLS or implicit TLS)."""
+class IMAPListener(SessionListener):
+    """One listening socket speaking IMAP (STARTTLS) or IMAPS (implicit TLS)."""
 
     def __init__(self, name: str, context: IMAPContext, counts: ConnectionCounts):
-        self.name = name
-        self.context = context
+        super().__init__(name, context)
         self.counts = counts
-        self.server: asyncio.base_events.Server | None = None
-        self.sessions: set[IMAPSession] = set()
 
-    async def start(self, sock: Any) -> None:
-        loop = asyncio.get_running_loop()
-
-        def factory() -> IMAPSession:
-            return IMAPSession(self.context, self.counts, self.sessions)
-
-        self.server = await loop.create_server(factory, sock=sock)
-
-    def update(self, context: IMAPContext) -> None:
-        self.context = context
-
-    async def stop(self, grace: float = 5.0) -> None:
-        if self.server is not None:
-            self.server.close()
-        tasks = [s.task for s in self.sessions if s.task is not None and not s.task.done()]
-        for session in list(self.sessions):
-            session.request_shutdown()
-        if tasks:
-            _done, pending = await asyncio.wait(tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+    def new_session(self) -> IMAPSession:
+        return IMAPSession(self.context, self.counts, self.sessions)
 
 
 __all__ = ["ConnectionCounts", "IMAPContext", "IMAPListener", "IMAPSession"]

@@ -34,6 +34,7 @@ from mailkeep.logfmt import log
 from mailkeep.pop3 import server as core
 from mailkeep.sasl import ClientInfo, SaslStep, UnsupportedMechanism
 from mailkeep.servers import tlsio
+from mailkeep.servers.listener import SessionListener
 from mailkeep.store.api import INBOX, NoSuchAccount, NoSuchMailbox, NoSuchMessage, StoreError
 
 if TYPE_CHECKING:
@@ -655,50 +656,17 @@ def _expire(future: asyncio.Future) -> None:
         future.set_exception(TimeoutError())
 
 
-class POP3Listener:
+class POP3Listener(SessionListener):
     """One listening socket speaking POP3 (STLS) or POP3S (implicit TLS)."""
 
     def __init__(self, name: str, context: POP3Context,
                  counter: ConnectionCounter | None = None,
                  login_times: LoginTimes | None = None):
-        self.name = name
-        self.context = context
+        super().__init__(name, context)
         # Share ``counter`` (and ``login_times``) between the 110 and 995 listeners so
         # that [pop3] limits and LOGIN-DELAY hold for the server as a whole.
         self.counter = counter if counter is not None else ConnectionCounter()
         self.login_times = login_times if login_times is not None else LoginTimes()
-        self.server: asyncio.base_events.Server | None = None
-        self.sessions: set[POP3Session] = set()
 
-    async def start(self, sock) -> None:
-        """Serve on an already bound socket. TLS, implicit or by STLS, is started by the
-        session with the certificate current at that moment."""
-        loop = asyncio.get_running_loop()
-
-        def factory() -> POP3Session:
-            return POP3Session(self.context, self.counter, self.sessions, self.login_times)
-
-        self.server = await loop.create_server(factory, sock=sock)
-
-    def update(self, context: POP3Context) -> None:
-        """New sessions use the new context (config reload); running ones keep theirs."""
-        self.context = context
-
-    async def stop(self, grace: float = 10.0) -> None:
-        if self.server is not None:
-            self.server.close()
-        tasks = [s.task for s in self.sessions if s.task is not None and not s.task.done()]
-        for session in list(self.sessions):
-            session.request_shutdown()
-        if tasks:
-            # A QUIT commit or a RETR in flight completes; idle sessions get -ERR at once.
-            _done, pending = await asyncio.wait(tasks, timeout=grace)
-            for session in list(self.sessions):
-                if session.transport is not None and not session._lost:
-                    # Still busy after the grace period (a client not reading a RETR):
-                    # its unsent output is dropped.
-                    session.transport.abort()
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+    def new_session(self) -> POP3Session:
+        return POP3Session(self.context, self.counter, self.sessions, self.login_times)

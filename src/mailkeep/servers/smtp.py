@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -31,6 +30,7 @@ from mailkeep.delivery.pipeline import (
 )
 from mailkeep.logfmt import log
 from mailkeep.servers import tlsio
+from mailkeep.servers.listener import SessionListener
 from mailkeep.smtp import server as core
 from mailkeep.smtp.reply import Reply
 
@@ -524,50 +524,12 @@ class SMTPSession(asyncio.Protocol):
         self.info.protocol = "LMTPS" if self.ctx.lmtp else "ESMTPS"
 
 
-class SMTPListener:
+class SMTPListener(SessionListener):
     """One listening socket (TCP or Unix) speaking SMTP or LMTP."""
 
     def __init__(self, name: str, context: ReceiverContext):
-        self.name = name
-        self.context = context
+        super().__init__(name, context)
         self.counter = ConnectionCounter()
-        self.server: asyncio.base_events.Server | None = None
-        self.sessions: set[SMTPSession] = set()
 
-    async def start(self, sock) -> None:
-        """Serve on an already bound socket (bound before privileges were dropped).
-
-        TLS, implicit or by STARTTLS, is started by the session itself, so every
-        handshake uses the certificate current at that moment (renewals apply at once).
-        """
-        loop = asyncio.get_running_loop()
-
-        def factory() -> SMTPSession:
-            return SMTPSession(self.context, self.counter, self.sessions)
-
-        if sock.family == socket.AF_UNIX:
-            self.server = await loop.create_unix_server(factory, sock=sock)
-        else:
-            self.server = await loop.create_server(factory, sock=sock)
-
-    def update(self, context: ReceiverContext) -> None:
-        """New sessions use the new context (config reload); running ones keep theirs."""
-        self.context = context
-
-    async def stop(self, grace: float = 10.0) -> None:
-        if self.server is not None:
-            self.server.close()
-        tasks = [s.task for s in self.sessions if s.task is not None and not s.task.done()]
-        for session in self.sessions:
-            session.request_shutdown()
-        if tasks:
-            # A delivery in flight completes and is acknowledged; idle sessions get 421 at
-            # once; a body still arriving is abandoned (it was never acknowledged).
-            _done, pending = await asyncio.wait(tasks, timeout=grace)
-            for session in self.sessions:
-                if session.transport is not None and not session._lost:
-                    session.transport.close()
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+    def new_session(self) -> SMTPSession:
+        return SMTPSession(self.context, self.counter, self.sessions)
