@@ -63,6 +63,7 @@ protocol = "pop3s"
 address = "127.0.0.1:{pop3s}"
 
 [auth]
+cram_md5 = true
 max_failure_delay = "0.3s"
 max_failures_per_ip = 50
 

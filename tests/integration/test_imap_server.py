@@ -293,29 +293,51 @@ def test_compress_deflate(imap_server):
     sock.close()
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN"])
+def _scram_steps(client):
+    return iter([
+        lambda _c: client.get_client_first().encode(),
+        lambda c: (client.set_server_first(c.decode()), client.get_client_final().encode())[1],
+        lambda c: (client.set_server_final(c.decode()), b"")[1],  # verifies the server
+    ])
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS",
+                                       "SCRAM-SHA-256", "SCRAM-SHA-1", "CRAM-MD5", "PLAIN",
+                                       "LOGIN"])
 def test_authenticate_with_each_sasl_mechanism(imap_server, mechanism):
+    import hashlib
+    import hmac
+
     from scramp import ScramClient
+
+    from mailkeep.servers import tlsio
 
     conn = imaplib.IMAP4_SSL("127.0.0.1", imap_server.imaps_port,
                              ssl_context=client_context(imap_server), timeout=20)
     assert f"AUTH={mechanism}" in conn.capabilities
     if mechanism == "PLAIN":
-        typ, _ = conn.authenticate("PLAIN", lambda _c: f"\0{USER}\0{PASSWORD}".encode())
-        assert typ == "OK"
-        conn.logout()
-        return
-    client = ScramClient([mechanism], USER, PASSWORD)
-    steps = iter([
-        lambda _c: client.get_client_first().encode(),
-        lambda c: (client.set_server_first(c.decode()), client.get_client_final().encode())[1],
-        lambda c: (client.set_server_final(c.decode()), b"")[1],
-    ])
-    typ, _ = conn.authenticate(mechanism, lambda challenge: next(steps)(challenge))
+        responder = lambda _c: f"\0{USER}\0{PASSWORD}".encode()  # noqa: E731
+    elif mechanism == "LOGIN":
+        answers = iter([USER.encode(), PASSWORD.encode()])
+        responder = lambda _c: next(answers)  # noqa: E731
+    elif mechanism == "CRAM-MD5":
+        responder = lambda c: (USER + " " + hmac.new(  # noqa: E731
+            PASSWORD.encode(), c, hashlib.md5).hexdigest()).encode()
+    else:
+        binding = None
+        if mechanism.endswith("-PLUS"):
+            # scramp knows tls-server-end-point (the server accepts it on TLS 1.3 too).
+            binding = ("tls-server-end-point",
+                       tlsio.channel_bindings(conn.sock)["tls-server-end-point"])
+        steps = _scram_steps(ScramClient([mechanism], USER, PASSWORD,
+                                         channel_binding=binding))
+        responder = lambda challenge: next(steps)(challenge)  # noqa: E731
+    typ, _ = conn.authenticate(mechanism, responder)
     assert typ == "OK"
     typ, _data = conn.select("INBOX")
     assert typ == "OK"
     conn.logout()
+    assert f"mechanism={mechanism}" in imap_server.log_text()
 
 
 def test_scram_with_a_wrong_password_fails(imap_server):

@@ -13,6 +13,7 @@ import logging
 import poplib
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -585,6 +586,32 @@ async def test_connections_per_ip_are_limited(harness):
             raise AssertionError("the freed connection slot was not reused")
         for c in (second, third, first, fourth):
             c.close()
+
+    await in_thread(client)
+
+
+async def test_sessions_per_account_are_limited(harness):
+    port = await harness.start(max_connections_per_account=1, allow_plaintext_loopback=True)
+
+    def client():
+        first = Raw(port)
+        assert first.line().startswith(b"+OK")
+        first.send(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+        assert first.line().startswith(b"+OK")
+        assert first.line().startswith(b"+OK Logged in")
+        second = Raw(port)
+        assert second.line().startswith(b"+OK")
+        second.send(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+        assert second.line().startswith(b"+OK")
+        assert second.line() == b"-ERR [IN-USE] Too many sessions for this account"
+        first.send(b"QUIT\r\n")
+        assert first.line().startswith(b"+OK") and first.closed_by_server()
+        time.sleep(0.2)  # the slot is given back when the server sees the close
+        second.send(f"USER {USER}\r\nPASS {PASSWORD}\r\n".encode())
+        assert second.line().startswith(b"+OK")
+        assert second.line().startswith(b"+OK Logged in")
+        first.close()
+        second.close()
 
     await in_thread(client)
 

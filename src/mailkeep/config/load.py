@@ -115,6 +115,7 @@ _IMAP_RANGES: dict[str, tuple[float, float]] = {
 _POP3_RANGES: dict[str, tuple[float, float]] = {
     "max_connections": (1, 1_000_000),
     "max_connections_per_ip": (1, 1_000_000),
+    "max_connections_per_account": (1, 1_000_000),
     "max_line": (255, 65536),
     "timeout": (60, 86400),
     "preauth_timeout": (10, 3600),

@@ -176,6 +176,8 @@ class Pop3Config:
 
     max_connections: int = 2000
     max_connections_per_ip: int = 50
+    #: Logged-in sessions of one account ([IN-USE] beyond it, RFC 2449 §8.1.1).
+    max_connections_per_account: int = 10
     max_line: int = 512
     #: RFC 1939 §3: an inactivity autologout timer of at least 10 minutes.
     timeout: float = 600.0

@@ -90,6 +90,7 @@ class ConnectionCounter:
 
     total: int = 0
     per_ip: Counter = field(default_factory=Counter)
+    per_account: Counter = field(default_factory=Counter)
 
 
 class LoginTimes:
@@ -208,6 +209,10 @@ class POP3Session(asyncio.Protocol):
             self.counter.per_ip[self.client_ip] -= 1
             if self.counter.per_ip[self.client_ip] <= 0:
                 del self.counter.per_ip[self.client_ip]
+            if self.account is not None:
+                self.counter.per_account[self.account] -= 1
+                if self.counter.per_account[self.account] <= 0:
+                    del self.counter.per_account[self.account]
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None:
@@ -506,6 +511,11 @@ class POP3Session(asyncio.Protocol):
                 account=account_name, reason="no mailbox")
             conn.err("This account has no mailbox", "AUTH", count_error=True)
             return
+        if self.counter.per_account[account_name] >= self.ctx.limits.max_connections_per_account:
+            log(logger, "login refused", logging.INFO, client=self.client_ip,
+                account=account_name, reason="max_connections_per_account")
+            conn.err("Too many sessions for this account", "IN-USE")
+            return
         delay = self.ctx.limits.login_delay
         now = time.monotonic()
         if self.login_times.too_soon(account_name, now, delay):
@@ -526,6 +536,8 @@ class POP3Session(asyncio.Protocol):
             return
         self.login_times.record(account_name, now, delay)
         self.account = account_name
+        if self._counted:
+            self.counter.per_account[account_name] += 1
         self.stats["messages"] = len(messages)
         conn.login(messages, f"Logged in, {len(messages)} messages")
 
