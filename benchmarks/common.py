@@ -171,12 +171,17 @@ class MailkeepServer:
 
     def _write_config(self, per_ip_limit: int) -> int:
         try:
-            from mailkeep.cli.server_cmds import LOCALSERVE_CONFIG
+            from mailkeep.cli.server_cmds import LOCALSERVE_CONFIG, LOCALSERVE_PORTS
         except ImportError:
             # No template to adapt: let localserve write its defaults (port 1025).
             return LOCALSERVE_DEFAULT_SMTP_PORT
-        port = free_port()
-        text = LOCALSERVE_CONFIG.format(smtp=port, lmtp_socket=self.directory / "lmtp.sock")
+        # Every listener of the template on a free port, so that a running localserve (or a
+        # second benchmark) cannot collide with this one.
+        ports: dict[str, int] = {}
+        while len(set(ports.values())) < len(LOCALSERVE_PORTS):
+            ports = {name: free_port() for name in LOCALSERVE_PORTS}
+        port = ports["smtp"]
+        text = LOCALSERVE_CONFIG.format(lmtp_socket=self.directory / "lmtp.sock", **ports)
         text += ("\n# Added by the benchmark: all load comes from 127.0.0.1.\n"
                  f"[smtp]\nmax_connections_per_ip = {per_ip_limit}\n")
         (self.directory / "mailkeep.toml").write_text(text)

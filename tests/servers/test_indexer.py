@@ -36,3 +36,26 @@ async def test_quiet_mailbox_gets_indexed(tmp_path):
         await indexer.stop()
         fts.close()
         store.close()
+
+
+async def test_a_mailbox_receiving_mail_is_not_indexed_until_quiet(tmp_path):
+    store = open_store(tmp_path)
+    store.ensure_account(ACCOUNT)
+    fts = FullTextIndex.for_data_dir(store, tmp_path)
+    indexer = BackgroundIndexer(store, fts, quiet=10.0)
+    indexer.watch([ACCOUNT])
+    try:
+        async def deliver(n: int) -> None:
+            await store.deliver([DeliveryRequest(ACCOUNT, None, b"",
+                                                 f"Subject: {n}\r\n\r\nx\r\n".encode())])
+        await deliver(1)
+        assert indexer.run_once(now=100.0) == 0   # first sight
+        await deliver(2)
+        assert indexer.run_once(now=105.0) == 0   # still arriving
+        assert indexer.run_once(now=112.0) == 0   # quiet for 7 s only
+        assert indexer.run_once(now=116.0) == 1   # quiet for 11 s: indexed
+        assert fts.coverage(ACCOUNT, "INBOX").high == 2
+        assert indexer.run_once(now=130.0) == 0   # nothing new: no work
+    finally:
+        fts.close()
+        store.close()
