@@ -57,8 +57,10 @@ SEPARATOR = S.SEPARATOR
 WRITE_CHUNK = 256 * 1024
 # Messages read whole into memory up to this size; larger ones are mapped.
 READ_WHOLE_LIMIT = 1 << 20
-# Parsed MIME structures kept per session (FETCH of headers then bodies re-uses them).
-STRUCTURE_CACHE = 64
+# Parsed MIME structures kept in the process (FETCH of headers then bodies, several
+# clients of one account): about 2-10 KB each.
+STRUCTURE_CACHE = 4096
+_STRUCTURES: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
 # SEARCH/SORT/THREAD over more messages than this run in a thread, off the event loop.
 SEARCH_THREAD_THRESHOLD = 2000
 
@@ -144,7 +146,6 @@ class IMAPSession(asyncio.Protocol):
         self._errors = 0
         self._tokens = float(limits.max_commands_per_second)
         self._token_time = time.monotonic()
-        self._structures: OrderedDict[tuple[str, int], Any] = OrderedDict()
         self.stats: Counter = Counter()
         self.started = time.monotonic()
         self._end_reason = "logout"
@@ -1194,24 +1195,30 @@ class IMAPSession(asyncio.Protocol):
 
     # FETCH (RFC 9051 §6.4.5)
 
-    def _structure(self, uid: int) -> Any:
+    def _structure(self, uid: int, blob: bytes | None = None) -> Any:
         sel = self.selected
         assert sel is not None and self.account is not None
-        key = (sel.name, uid)
-        cached = self._structures.get(key)
+        # Messages never change (RFC 9051 §2.3.1.1) and (account, UIDVALIDITY, UID) names
+        # one for good, so parsed structures are shared by every session of the process.
+        key = (self.account, sel.uidvalidity, uid)
+        cached = _STRUCTURES.get(key)
         if cached is not None:
-            self._structures.move_to_end(key)
+            _STRUCTURES.move_to_end(key)
             return cached
-        part = from_json(self.ctx.store.get_structure(self.account, sel.name, uid))
-        self._structures[key] = part
-        if len(self._structures) > STRUCTURE_CACHE:
-            self._structures.popitem(last=False)
+        if blob is None:
+            blob = self.ctx.store.get_structure(self.account, sel.name, uid)
+        part = from_json(blob)
+        _STRUCTURES[key] = part
+        if len(_STRUCTURES) > STRUCTURE_CACHE:
+            _STRUCTURES.popitem(last=False)
         return part
 
-    def _message_data(self, uid: int, size: int) -> Any:
+    def _message_data(self, uid: int, size: int, path: Any = None) -> Any:
         sel = self.selected
         assert sel is not None and self.account is not None
-        with self.ctx.store.open_message(self.account, sel.name, uid) as f:
+        opened = open(path, "rb") if path is not None else \
+            self.ctx.store.open_message(self.account, sel.name, uid)
+        with opened as f:
             if size <= READ_WHOLE_LIMIT:
                 return f.read()
             try:
@@ -1260,14 +1267,21 @@ class IMAPSession(asyncio.Protocol):
         want_data = F.needs_data(items)
         expunged_issue = False
         utf8 = self.utf8
+        # One lookup for every message's file and structure instead of one per message.
+        files = self.ctx.store.message_files(self.account, sel.name,
+                                             [u for _s, u in targets]) \
+            if (want_structure or want_data) and targets else None
         for seq, uid in targets:
             info = sel.infos[uid]
             structure = data = None
             try:
+                if files is not None and uid not in files:
+                    raise S.NoSuchMessage("expunged")
+                path, blob = files[uid] if files is not None else (None, None)
                 if want_structure:
-                    structure = self._structure(uid)
+                    structure = self._structure(uid, blob)
                 if want_data:
-                    data = self._message_data(uid, info.size)
+                    data = self._message_data(uid, info.size, path)
             except (S.NoSuchMessage, FileNotFoundError):
                 expunged_issue = True
                 continue

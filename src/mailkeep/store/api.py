@@ -450,6 +450,12 @@ class Store(Protocol):
 
     def get_message(self, account: str, mailbox: str, uid: int) -> MessageInfo: ...
 
+    def message_files(self, account: str, mailbox: str,
+                      uids: Sequence[int]) -> dict[int, tuple[Path, bytes | None]]:
+        """For FETCH of many messages: each existing UID's file and its structure blob
+        (None if not cached), in one lookup. A file may disappear once its message is
+        expunged: opening it then raises FileNotFoundError."""
+
     def message_path(self, account: str, mailbox: str, uid: int) -> Path:
         """The file holding the message. It may disappear once the message is expunged;
         prefer ``open_message`` which holds it open."""

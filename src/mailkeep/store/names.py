@@ -17,6 +17,7 @@ flag that clients cannot set (RFC 3501 §2.3.2) and IMAP4rev2 removed it; it is 
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Iterable
 
@@ -38,6 +39,20 @@ _SYSTEM_BY_LOWER = {name.lower(): name for name in SYSTEM_FLAG_BITS}
 
 
 def canonical_mailbox_name(name: str, limits: StoreLimits | None = None) -> str:
+    """The stored form of a mailbox name (see ``_canonical_mailbox_name``), memoised: every
+    store call names a mailbox, and the same few names recur."""
+    return _canonical_cached(name, limits or _DEFAULT_LIMITS)
+
+
+_DEFAULT_LIMITS = StoreLimits()
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_cached(name: str, limits: StoreLimits) -> str:
+    return _canonical_mailbox_name(name, limits)
+
+
+def _canonical_mailbox_name(name: str, limits: StoreLimits | None = None) -> str:
     """The stored form of a mailbox name; raises MailboxError(reason="invalid-name").
 
     Refused: empty names and components (leading, trailing or doubled "/"), "." and ".."

@@ -1490,15 +1490,35 @@ class SQLiteStore:
         return _message_info(row)
 
     def _file_row(self, account: str, mailbox: str, uid: int) -> tuple[Path, bytes | None]:
+        # One query on the hot path of FETCH (a message's file and structure); only a
+        # miss pays for finding out which of account, mailbox or message is missing.
         conn = self._reader()
-        mailbox_id = self._mailbox_id(conn, account, mailbox)
+        name = canonical_mailbox_name(mailbox, self.limits)
         row = conn.execute(
-            "SELECT a.dir, f.name, f.structure FROM messages m"
-            " JOIN files f ON f.id = m.file_id JOIN accounts a ON a.id = f.account_id"
-            " WHERE m.mailbox_id = ? AND m.uid = ?", (mailbox_id, uid)).fetchone()
+            "SELECT a.dir, f.name, f.structure FROM accounts a"
+            " JOIN mailboxes mb ON mb.account_id = a.id"
+            " JOIN messages m ON m.mailbox_id = mb.id JOIN files f ON f.id = m.file_id"
+            " WHERE a.name = ? AND mb.name = ? AND m.uid = ?", (account, name, uid)).fetchone()
         if row is None:
+            self._mailbox_id(conn, account, mailbox)  # raises NoSuchAccount/NoSuchMailbox
             raise NoSuchMessage(f"no message with UID {uid} in {mailbox}")
         return self.accounts_dir / row[0] / row[1], row[2]
+
+    def message_files(self, account: str, mailbox: str,
+                      uids: Sequence[int]) -> dict[int, tuple[Path, bytes | None]]:
+        conn = self._reader()
+        mailbox_id = self._mailbox_id(conn, account, mailbox)
+        found: dict[int, tuple[Path, bytes | None]] = {}
+        wanted = list(uids)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for uid, directory, name, structure in conn.execute(
+                    "SELECT m.uid, a.dir, f.name, f.structure FROM messages m"
+                    " JOIN files f ON f.id = m.file_id JOIN accounts a ON a.id = f.account_id"
+                    f" WHERE m.mailbox_id = ? AND m.uid IN ({marks})", (mailbox_id, *chunk)):
+                found[uid] = (self.accounts_dir / directory / name, structure)
+        return found
 
     def message_path(self, account: str, mailbox: str, uid: int) -> Path:
         return self._file_row(account, mailbox, uid)[0]
@@ -1864,9 +1884,16 @@ def _delivery_result(p: _Pending) -> DeliveryResult:
                           message=f"stored in {p.mailbox} as UID {p.uid}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _stored_flags(bits: int, keywords: str) -> tuple[str, ...]:
+    # A mailbox has few distinct flag combinations; listing 100,000 messages builds each
+    # tuple once (the tuples are immutable, so sharing them is safe).
+    return format_flags(bits, split_keywords(keywords))
+
+
 def _message_info(row: tuple) -> MessageInfo:
     uid, modseq, bits, keywords, internal_date, save_date, size = row
-    return MessageInfo(uid=uid, modseq=modseq, flags=format_flags(bits, split_keywords(keywords)),
+    return MessageInfo(uid=uid, modseq=modseq, flags=_stored_flags(bits, keywords),
                        internal_date=internal_date, save_date=save_date, size=size)
 
 
