@@ -484,12 +484,7 @@ def is_leaf(part: Part) -> bool:
 MESSAGES = list(CORPUS)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason="mailkeep.mime lower-cases the Content-Transfer-Encoding in "
-                            "BODYSTRUCTURE; Dovecot sends it as written"))
-    if n == "encoding_name_case" else n
-    for n in CORPUS])
+@pytest.mark.parametrize("name", list(CORPUS))
 def test_metadata_items_and_order(reference: Reference, name: str) -> None:
     message = reference.messages[name]
     compare(reference, message, simple(

@@ -577,10 +577,11 @@ def test_content_fields_are_kept() -> None:
     assert root.language == ["en-GB", "cy"]
     assert root.location == "http://example.com/a.txt"
     assert root.disposition == "inline"
-    assert root.encoding == "quoted-printable"
+    # Decoding uses the lower-cased name; BODYSTRUCTURE shows it as written (as Dovecot).
+    assert root.encoding == "quoted-printable" and root.encoding_raw == "Quoted-Printable"
     assert imap_bodystructure(root) == (
         b'("text" "plain" ("charset" "us-ascii") "<id1@example.com>"'
-        b' "=?utf-8?q?R=C3=A9sum=C3=A9?=" "quoted-printable" 3 1 "Q2hlY2sgSW50ZWdyaXR5IQ=="'
+        b' "=?utf-8?q?R=C3=A9sum=C3=A9?=" "Quoted-Printable" 3 1 "Q2hlY2sgSW50ZWdyaXR5IQ=="'
         b' ("inline" NIL) ("en-GB" "cy") "http://example.com/a.txt")'
     )
 

@@ -168,7 +168,7 @@ def _body_fields(part: Part, text: bool, utf8: bool) -> bytes:
         _parameters(part.params, text, utf8),
         imap_nstring(part.content_id, utf8=utf8),
         imap_nstring(part.description, utf8=utf8),
-        imap_string(_to_bytes(part.encoding or "7bit"), utf8=utf8),
+        imap_string(_to_bytes(part.encoding_raw or part.encoding or "7bit"), utf8=utf8),
         part.size,
     )
 

@@ -115,6 +115,8 @@ def _part_out(part: Part) -> dict[str, Any]:
         row["ds"] = part.description
     if part.encoding != "7bit":
         row["x"] = part.encoding
+    if part.encoding_raw is not None:
+        row["xr"] = part.encoding_raw
     if part.md5 is not None:
         row["md"] = part.md5
     if part.lines:
@@ -191,6 +193,7 @@ def _part_in(row: Any) -> tuple[Part, int, bool]:
     part.content_id = _opt_str(row, "id")
     part.description = _opt_str(row, "ds")
     part.encoding = _str(row, "x", "7bit")
+    part.encoding_raw = _opt_str(row, "xr")
     part.md5 = _opt_str(row, "md")
     part.lines = _int(row, "l", 0)
     if "ev" in row:

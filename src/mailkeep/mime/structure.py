@@ -96,6 +96,9 @@ class Part:
     content_id: str | None = None
     description: str | None = None
     encoding: str = "7bit"
+    #: The Content-Transfer-Encoding as written when that differs from ``encoding`` (which
+    #: is lower-cased for decoding): BODYSTRUCTURE shows it as written, like Dovecot.
+    encoding_raw: str | None = None
     md5: str | None = None
     lines: int = 0
     children: list[Part] = field(default_factory=list)
@@ -243,6 +246,9 @@ class _Indexer:
                     defects.append("invalid Content-Transfer-Encoding; 7bit assumed")
                 else:
                     part.encoding = encoding
+                    written = raw_encoding.strip().decode("ascii", "replace")
+                    if written != encoding and written.lower() == encoding:
+                        part.encoding_raw = written
 
             raw_disposition = values.get(b"content-disposition")
             if raw_disposition is not None:
