@@ -132,3 +132,12 @@ def test_internal_date() -> None:
     assert internal_date(ts) == b'"17-Jul-1996 09:44:25 +0000"'
     assert internal_date(calendar.timegm((2024, 1, 2, 3, 4, 5)) + 0.9) == (
         b'"02-Jan-2024 03:04:05 +0000"')
+
+
+def test_in_sequence_ranges() -> None:
+    from mailkeep.imap.response import in_sequence_ranges
+
+    ranges = resolve_sequence_set(parse_sequence_set("1:3,7,9:4294967295"), 12)
+    assert [n for n in range(0, 12) if in_sequence_ranges(ranges, n)] == [1, 2, 3, 7, 9, 10, 11]
+    assert in_sequence_ranges(ranges, 4294967295)
+    assert not in_sequence_ranges([], 1)

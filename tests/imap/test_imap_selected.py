@@ -7,11 +7,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailkeep.imap.commands import SequenceSet
+from mailkeep.imap.response import sequence_set
 from mailkeep.imap.selected import (
     BadSequence,
     SelectedMailbox,
     ViewOptions,
-    compact_uids,
 )
 from mailkeep.store.api import FlagUpdate, MessageInfo
 
@@ -27,8 +27,8 @@ def view(uids, **kw) -> SelectedMailbox:
 
 
 def test_compact_uids():
-    assert compact_uids([]) == b""
-    assert compact_uids([5, 1, 2, 3, 9, 10]) == b"1:3,5,9:10"
+    assert sequence_set([]) == b""
+    assert sequence_set([5, 1, 2, 3, 9, 10]) == b"1:3,5,9:10"
 
 
 def test_sequence_numbers_and_star():

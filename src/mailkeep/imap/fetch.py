@@ -22,7 +22,6 @@ copied once, into the response; nothing here loops over single bytes in Python.
 
 from __future__ import annotations
 
-import binascii
 import html.entities
 import mmap
 import re
@@ -38,6 +37,7 @@ from mailkeep.mime.envelope import Envelope
 from mailkeep.mime.header import header_fields
 from mailkeep.mime.imap import imap_bodystructure, imap_envelope, imap_string
 from mailkeep.mime.structure import Part, index_message
+from mailkeep.mime.transfer import decode_base64, decode_body, decode_quoted_printable
 
 if TYPE_CHECKING:
     from mailkeep.store.api import MessageInfo
@@ -612,46 +612,16 @@ def _section_range(root: Part, section: Section) -> tuple[int, int] | None:
 
 # -- Content-Transfer-Encoding (RFC 2045 §6) --------------------------------------------------
 
-_IDENTITY = frozenset({"7bit", "8bit", "binary"})
-# RFC 2045 §6.7 rule (3): white space at the end of an encoded line is transport padding and
-# is deleted when decoding; this also turns "= " before a line end into a soft line break.
-_QP_TRAILING_SPACE = re.compile(rb"[ \t]+(?=\r?\n|\Z)")
-_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
-
-
 def _decode_transfer_encoding(raw: bytes | memoryview, encoding: str) -> bytes | memoryview:
     """Remove the transfer encoding of a body; raises FetchError UNKNOWN-CTE (RFC 3516 §4.3).
 
-    Damaged encodings are decoded the robust way RFC 2045 recommends (§6.7 note 2: keep a
-    bad "=XY" as it is; §6.8: ignore characters outside the base64 alphabet) rather than
-    failing the FETCH as Dovecot does ("NO [PARSE]").
+    Damaged encodings are decoded leniently (mailkeep.mime.transfer) rather than failing
+    the FETCH as Dovecot does ("NO [PARSE]").
     """
-    if encoding in _IDENTITY:
-        return raw
-    if encoding == "base64":
-        return _decode_base64(raw)
-    if encoding == "quoted-printable":
-        return _decode_quoted_printable(raw)
-    raise FetchError(f"Unknown Content-Transfer-Encoding {encoding}", code="UNKNOWN-CTE")
-
-
-def _decode_base64(raw: bytes | memoryview) -> bytes:
-    try:
-        return binascii.a2b_base64(raw)
-    except (binascii.Error, ValueError):
-        # Incorrect padding: decode the complete groups and what can be made of the rest.
-        cleaned = _BASE64_JUNK.sub(b"", raw)
-        if len(cleaned) % 4 == 1:
-            cleaned = cleaned[:-1]
-        cleaned += b"=" * (-len(cleaned) % 4)
-        try:
-            return binascii.a2b_base64(cleaned)
-        except (binascii.Error, ValueError):  # pragma: no cover - cleaned is valid base64
-            return b""
-
-
-def _decode_quoted_printable(raw: bytes | memoryview) -> bytes:
-    return binascii.a2b_qp(_QP_TRAILING_SPACE.sub(b"", raw))
+    decoded = decode_body(raw, encoding)
+    if decoded is None:
+        raise FetchError(f"Unknown Content-Transfer-Encoding {encoding}", code="UNKNOWN-CTE")
+    return decoded
 
 
 # -- PREVIEW (RFC 8970) ----------------------------------------------------------------------
@@ -674,9 +644,9 @@ def message_preview(root: Part, data: MessageBuffer,
     end = min(part.body_end, part.body_start + limits.preview_input_bytes)
     with memoryview(_searchable(data)) as view, view[part.body_start:end] as encoded:
         if part.encoding == "base64":
-            raw = _decode_base64(encoded)
+            raw = decode_base64(encoded)
         elif part.encoding == "quoted-printable":
-            raw = _decode_quoted_printable(encoded)
+            raw = decode_quoted_printable(encoded)
         else:
             raw = bytes(encoded)
     text = decode_charset(raw, part.params.get("charset"))

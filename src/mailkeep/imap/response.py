@@ -14,9 +14,10 @@ RFC 9051 §9 seq-range), the inverse of :func:`sequence_set`.
 
 from __future__ import annotations
 
+import bisect
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from mailkeep.imap.commands import SequenceSet
@@ -169,6 +170,13 @@ def resolve_sequence_set(seq: SequenceSet, largest: int) -> list[tuple[int, int]
         else:
             merged.append((a, b))
     return merged
+
+
+def in_sequence_ranges(ranges: Sequence[tuple[int, int]], number: int) -> bool:
+    """Whether ``number`` lies in ranges as :func:`resolve_sequence_set` returns them
+    (sorted, disjoint): a binary search, so a set like ``1:4294967295`` costs nothing."""
+    i = bisect.bisect_right(ranges, (number, 2**63)) - 1
+    return i >= 0 and ranges[i][0] <= number <= ranges[i][1]
 
 
 def internal_date(ts: float) -> bytes:

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from mailkeep.imap.commands import SequenceSet
+from mailkeep.imap.response import resolve_sequence_set, sequence_set
 from mailkeep.store.api import FlagUpdate, MessageInfo
 
 
@@ -48,42 +49,6 @@ class ViewOptions:
 
 def _format_flags(flags: Iterable[str]) -> bytes:
     return b"(" + " ".join(flags).encode("utf-8", "surrogateescape") + b")"
-
-
-def compact_uids(uids: Iterable[int]) -> bytes:
-    """``1:3,7,9:10`` for an ascending or unordered set of numbers (RFC 9051 §9)."""
-    ordered = sorted(set(uids))
-    if not ordered:
-        return b""
-    out: list[bytes] = []
-    start = prev = ordered[0]
-    for n in ordered[1:]:
-        if n == prev + 1:
-            prev = n
-            continue
-        out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-        start = prev = n
-    out.append(b"%d" % start if start == prev else b"%d:%d" % (start, prev))
-    return b",".join(out)
-
-
-def numbers_in(seq: SequenceSet, largest: int, saved: Sequence[int] | None = None
-               ) -> list[tuple[int, int]]:
-    """The ranges a sequence set names, ordered low-high, with ``*`` as ``largest``.
-
-    ``$`` (RFC 5182) is resolved by the caller through ``saved``: its numbers become
-    single-element ranges.
-    """
-    if seq.saved:
-        return [(n, n) for n in (saved or ())]
-    ranges: list[tuple[int, int]] = []
-    for first, last in seq.ranges:
-        a = largest if first is None else first
-        b = largest if last is None else last
-        if a > b:
-            a, b = b, a
-        ranges.append((a, b))
-    return ranges
 
 
 class SelectedMailbox:
@@ -143,27 +108,20 @@ class SelectedMailbox:
             pairs = ((self.seq_of(u), u) for u in sorted(set(self.saved_search)))
             return [(s, u) for s, u in pairs if s is not None]
         if uid:
-            largest = uids[-1]
-            picked: set[int] = set()
+            # Ranges come back sorted and merged, so the pairs are in order, once each.
             result: list[tuple[int, int]] = []
-            for a, b in numbers_in(seq, largest):
+            for a, b in resolve_sequence_set(seq, uids[-1]):
                 lo = bisect.bisect_left(uids, a)
                 hi = bisect.bisect_right(uids, b)
-                for i in range(lo, hi):
-                    if i not in picked:
-                        picked.add(i)
-                        result.append((i + 1, uids[i]))
-            result.sort()
+                result.extend((i + 1, uids[i]) for i in range(lo, hi))
             return result
         count = len(uids)
-        chosen: set[int] = set()
-        for a, b in numbers_in(seq, count):
-            if a < 1 or b > count:
+        result = []
+        for a, b in resolve_sequence_set(seq, count):
+            if b > count:
                 raise BadSequence(f"message number out of range (the mailbox has {count})")
-            if b - a > 1_000_000:
-                raise BadSequence("sequence range too large")
-            chosen.update(range(a, b + 1))
-        return [(n, uids[n - 1]) for n in sorted(chosen)]
+            result.extend((n, uids[n - 1]) for n in range(a, b + 1))
+        return result
 
     # -- changes ----------------------------------------------------------------------
 
@@ -231,7 +189,7 @@ class SelectedMailbox:
             self.expunged.clear()
             if self.options.qresync:
                 # RFC 7162 §3.2.10: VANISHED (no EARLIER) instead of EXPUNGE.
-                out.append(b"* VANISHED " + compact_uids(gone) + b"\r\n")
+                out.append(b"* VANISHED " + sequence_set(gone) + b"\r\n")
                 keep = set(gone)
                 self.uids = [u for u in self.uids if u not in keep]
             else:

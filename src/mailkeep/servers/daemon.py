@@ -33,9 +33,10 @@ from mailkeep.config import Config, ConfigError, load_config
 from mailkeep.delivery.pipeline import Pipeline
 from mailkeep.logfmt import log, setup_logging
 from mailkeep.sasl import Authenticator
-from mailkeep.servers.imap import ConnectionCounts, IMAPContext, IMAPListener
+from mailkeep.servers.imap import IMAPContext, IMAPListener
 from mailkeep.servers.indexer import BackgroundIndexer
-from mailkeep.servers.pop3 import ConnectionCounter, LoginTimes, POP3Listener, pop3_context
+from mailkeep.servers.listener import ConnectionCounts
+from mailkeep.servers.pop3 import LoginTimes, POP3Listener, pop3_context
 from mailkeep.servers.smtp import ReceiverContext, SMTPListener
 from mailkeep.servers.tls import TLSManager
 from mailkeep.smtp.server import SessionConfig
@@ -236,7 +237,7 @@ class Server:
             # One counter and one login table for every POP3 listener: the [pop3] limits
             # and LOGIN-DELAY apply to the server, not to each port.
             if self.pop3_counts is None:
-                self.pop3_counts, self.pop3_login_times = ConnectionCounter(), LoginTimes()
+                self.pop3_counts, self.pop3_login_times = ConnectionCounts(), LoginTimes()
             return POP3Listener(key.address, context, self.pop3_counts,
                                 self.pop3_login_times)
         return SMTPListener(key.address, context)

@@ -22,7 +22,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ipaddress
 import logging
 import mmap
 import re
@@ -31,7 +30,7 @@ import time
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mailkeep import __version__ as MAILKEEP_VERSION
@@ -41,13 +40,13 @@ from mailkeep.imap import fetch as F
 from mailkeep.imap import response as R
 from mailkeep.imap.parser import CommandParser
 from mailkeep.imap.search import SearchContext, SearchError, search
-from mailkeep.imap.selected import BadSequence, SelectedMailbox, ViewOptions, compact_uids
+from mailkeep.imap.selected import BadSequence, SelectedMailbox, ViewOptions
 from mailkeep.imap.sort import format_threads, sort, thread
 from mailkeep.logfmt import log
 from mailkeep.mime import from_json
 from mailkeep.sasl import ClientInfo, UnsupportedMechanism
 from mailkeep.servers import tlsio
-from mailkeep.servers.listener import SessionListener
+from mailkeep.servers.listener import REFUSALS, ConnectionCounts, SessionListener, is_loopback
 from mailkeep.store import api as S
 
 logger = logging.getLogger("mailkeep.imap")
@@ -70,21 +69,7 @@ STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE
 ENABLEABLE = ("CONDSTORE", "QRESYNC", "UTF8=ACCEPT", "IMAP4REV2")
 
 
-def _is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return ip == "local"
 
-
-@dataclass
-class ConnectionCounts:
-    """Connections per listener kind, per IP and per account (shared by all IMAP
-    listeners of the process)."""
-
-    total: int = 0
-    per_ip: Counter = field(default_factory=Counter)
-    per_account: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -160,15 +145,11 @@ class IMAPSession(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "local"
         limits = self.ctx.config.imap
-        if self.counts.total >= limits.max_connections:
-            self._refuse("Too many connections, try again later", "max_connections")
+        refused = self.counts.admit(self.client_ip, limits.max_connections,
+                                    limits.max_connections_per_ip)
+        if refused is not None:
+            self._refuse(REFUSALS[refused], refused)
             return
-        if self.client_ip != "local" and \
-                self.counts.per_ip[self.client_ip] >= limits.max_connections_per_ip:
-            self._refuse("Too many connections from your address", "max_connections_per_ip")
-            return
-        self.counts.total += 1
-        self.counts.per_ip[self.client_ip] += 1
         self._counted = True
         self.registry.add(self)
         if self.ctx.implicit_tls:
@@ -224,15 +205,10 @@ class IMAPSession(asyncio.Protocol):
             self._subscription = None
         if self._account_counted and self.account:
             self._account_counted = False
-            self.counts.per_account[self.account] -= 1
-            if self.counts.per_account[self.account] <= 0:
-                del self.counts.per_account[self.account]
+            self.counts.release_account(self.account)
         if self._counted:
             self._counted = False
-            self.counts.total -= 1
-            self.counts.per_ip[self.client_ip] -= 1
-            if self.counts.per_ip[self.client_ip] <= 0:
-                del self.counts.per_ip[self.client_ip]
+            self.counts.release(self.client_ip)
 
     def request_shutdown(self) -> None:
         self._shutdown = True
@@ -439,7 +415,8 @@ class IMAPSession(asyncio.Protocol):
     def _secured(self) -> bool:
         if self.tls_version:
             return True
-        return self.ctx.config.auth.allow_plaintext_loopback and _is_loopback(self.client_ip)
+        return self.ctx.config.auth.allow_plaintext_loopback and (
+            self.client_ip == "local" or is_loopback(self.client_ip))
 
     def _client_info(self) -> Any:
         bindings: dict[str, bytes] = {}
@@ -602,12 +579,12 @@ class IMAPSession(asyncio.Protocol):
             self.send(R.tagged(tag, "NO", "This account has no mailbox",
                                "AUTHORIZATIONFAILED"))
             return
-        if self.counts.per_account[account] >= config.imap.max_connections_per_account:
+        if self.counts.account_full(account, config.imap.max_connections_per_account):
             self.send(R.tagged(tag, "NO", "Too many connections for this account",
                                "LIMIT"))
             return
         self.account = account
-        self.counts.per_account[account] += 1
+        self.counts.add_account(account)
         self._account_counted = True
         self.parser.authenticated = True
         self._subscription = self.ctx.store.subscribe(account, self._on_store_event)
@@ -788,23 +765,20 @@ class IMAPSession(asyncio.Protocol):
     async def _qresync(self, sel: SelectedMailbox, q: C.QResyncParameters) -> None:
         """RFC 7162 §3.2.5.1: VANISHED (EARLIER) and FETCH for what changed since."""
         assert self.account is not None
-        known: set[int] | None = None
+        known: list[tuple[int, int]] | None = None
         if q.known_uids is not None:
-            known = set()
             top = sel.uids[-1] if sel.uids else 0
             top = max(top, max((b for _a, b in q.known_uids.ranges if b), default=0))
-            for a, b in _ranges(q.known_uids, top):
-                if b - a > 10_000_000:
-                    break
-                known.update(range(a, b + 1))
+            known = R.resolve_sequence_set(q.known_uids, top)
         vanished = self.ctx.store.vanished_since(self.account, sel.name, q.modseq)
         if known is not None:
-            vanished = [u for u in vanished if u in known]
+            vanished = [u for u in vanished if R.in_sequence_ranges(known, u)]
         if vanished:
-            self.send(R.untagged(b"VANISHED (EARLIER) " + compact_uids(vanished)))
+            self.send(R.untagged(b"VANISHED (EARLIER) " + R.sequence_set(vanished)))
         for seq, uid in enumerate(sel.uids, start=1):
             info = sel.infos[uid]
-            if info.modseq > q.modseq and (known is None or uid in known):
+            if info.modseq > q.modseq and (known is None
+                                           or R.in_sequence_ranges(known, uid)):
                 self.send(sel.fetch_flags_response(seq, info, uid=True))
 
     async def cmd_create(self, cmd: C.Create) -> None:
@@ -1081,7 +1055,7 @@ class IMAPSession(asyncio.Protocol):
         if self.selected is not None and self.selected.name == name:
             await self._push_updates(force=True)
         self.send(R.tagged(cmd.tag, "OK", "APPEND completed",
-                           f"APPENDUID {box.uidvalidity} {compact_uids(uids).decode()}"))
+                           f"APPENDUID {box.uidvalidity} {R.sequence_set(uids).decode()}"))
 
     async def cmd_idle(self, cmd: C.Idle) -> None:
         await self._push_updates(force=True)
@@ -1172,11 +1146,16 @@ class IMAPSession(asyncio.Protocol):
         self.selected = None
         self.send(R.tagged(cmd.tag, "OK", "UNSELECT completed"))
 
+    def _writable(self, tag: str, sel: SelectedMailbox) -> bool:
+        """False (and NO [READ-ONLY] written) for a mailbox opened with EXAMINE."""
+        if sel.readonly:
+            self.send(R.tagged(tag, "NO", "Mailbox is read-only", "READ-ONLY"))
+        return not sel.readonly
+
     async def cmd_expunge(self, cmd: C.Expunge) -> None:
         sel = self.selected
         assert sel is not None and self.account is not None
-        if sel.readonly:
-            self.send(R.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY"))
+        if not self._writable(cmd.tag, sel):
             return
         uids = None
         if cmd.uids is not None:
@@ -1242,13 +1221,14 @@ class IMAPSession(asyncio.Protocol):
         await self._push_updates(allow_expunge=cmd.uid)
         targets = sel.resolve(cmd.sequence_set, uid=cmd.uid)
         if cmd.vanished and cmd.changed_since is not None:
-            wanted = {u for _s, u in targets}
-            top = max((b for _a, b in cmd.sequence_set.ranges if b), default=0)
-            vanished = [u for u in self.ctx.store.vanished_since(
-                self.account, sel.name, cmd.changed_since)
-                if u in wanted or _in_set(cmd.sequence_set, u, max(top, u))]
+            gone = self.ctx.store.vanished_since(self.account, sel.name, cmd.changed_since)
+            # "*" covers every expunged UID above the range start (RFC 7162 §3.2.6).
+            top = max([*(b for _a, b in cmd.sequence_set.ranges if b), *gone,
+                       *sel.uids[-1:]], default=0)
+            ranges = R.resolve_sequence_set(cmd.sequence_set, top)
+            vanished = [u for u in gone if R.in_sequence_ranges(ranges, u)]
             if vanished:
-                self.send(R.untagged(b"VANISHED (EARLIER) " + compact_uids(vanished)))
+                self.send(R.untagged(b"VANISHED (EARLIER) " + R.sequence_set(vanished)))
         if cmd.changed_since is not None:
             targets = [(s, u) for s, u in targets
                        if sel.infos[u].modseq > cmd.changed_since]
@@ -1308,8 +1288,7 @@ class IMAPSession(asyncio.Protocol):
     async def cmd_store(self, cmd: C.Store) -> None:
         sel = self.selected
         assert sel is not None and self.account is not None
-        if sel.readonly:
-            self.send(R.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY"))
+        if not self._writable(cmd.tag, sel):
             return
         if any(f == "\\Recent" for f in cmd.flags):
             self._bad(cmd.tag, "\\Recent cannot be stored")
@@ -1342,10 +1321,10 @@ class IMAPSession(asyncio.Protocol):
         code = None
         if result.modified:
             if cmd.uid:
-                code = "MODIFIED " + compact_uids(result.modified).decode()
+                code = "MODIFIED " + R.sequence_set(result.modified).decode()
             else:
                 seqs = [sel.seq_of(u) for u in result.modified]
-                code = "MODIFIED " + compact_uids(s for s in seqs if s).decode()
+                code = "MODIFIED " + R.sequence_set(s for s in seqs if s).decode()
         self.send(R.tagged(cmd.tag, "OK", "STORE completed", code))
 
     async def _copy_or_move(self, cmd: C.Copy | C.Move, move: bool) -> None:
@@ -1354,8 +1333,7 @@ class IMAPSession(asyncio.Protocol):
         dest = self._valid_name(cmd.tag, cmd.mailbox)
         if dest is None:
             return
-        if move and sel.readonly:
-            self.send(R.tagged(cmd.tag, "NO", "Mailbox is read-only", "READ-ONLY"))
+        if move and not self._writable(cmd.tag, sel):
             return
         await self._push_updates(allow_expunge=cmd.uid)
         targets = sel.resolve(cmd.sequence_set, uid=cmd.uid)
@@ -1485,7 +1463,7 @@ class IMAPSession(asyncio.Protocol):
                 if ordered:
                     parts.append(b"ALL " + b",".join(b"%d" % n for n in numbers))
                 else:
-                    parts.append(b"ALL " + compact_uids(numbers))
+                    parts.append(b"ALL " + R.sequence_set(numbers))
         if "COUNT" in opts:
             parts.append(b"COUNT %d" % len(numbers))
         if highest is not None:
@@ -1530,19 +1508,6 @@ class IMAPSession(asyncio.Protocol):
         body = format_threads(threads, number)
         self.send(R.untagged(b"THREAD" + (b" " + body if body else b"")))
         self.send(R.tagged(cmd.tag, "OK", "THREAD completed"))
-
-
-def _ranges(seq: C.SequenceSet, largest: int) -> list[tuple[int, int]]:
-    out = []
-    for first, last in seq.ranges:
-        a = largest if first is None else first
-        b = largest if last is None else last
-        out.append((min(a, b), max(a, b)))
-    return out
-
-
-def _in_set(seq: C.SequenceSet, n: int, largest: int) -> bool:
-    return any(a <= n <= b for a, b in _ranges(seq, largest))
 
 
 def _uid_list(uids: Iterable[int]) -> str:

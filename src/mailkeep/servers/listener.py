@@ -11,8 +11,69 @@ and drops whatever is still busy after the grace period.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
+
+
+def is_loopback(ip: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+#: What a refused client is told, by the limit that refused it.
+REFUSALS = {
+    "max_connections": "Too many connections, try again later",
+    "max_connections_per_ip": "Too many connections from your address",
+}
+
+
+@dataclass
+class ConnectionCounts:
+    """Open connections of one server kind, in total, per client IP and per logged-in
+    account; shared by that kind's listeners so the limits hold for the whole server.
+    A Unix-socket client ("local") is not limited per IP."""
+
+    total: int = 0
+    per_ip: Counter = field(default_factory=Counter)
+    per_account: Counter = field(default_factory=Counter)
+
+    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
+        """Count a new connection; or, without counting it, name the limit it exceeds."""
+        if self.total >= max_total:
+            return "max_connections"
+        if ip != "local" and self.per_ip[ip] >= max_per_ip:
+            return "max_connections_per_ip"
+        self.total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        _decrement(self.per_ip, ip)
+
+    def account_full(self, account: str, limit: int) -> bool:
+        return self.per_account[account] >= limit
+
+    def add_account(self, account: str) -> None:
+        self.per_account[account] += 1
+
+    def release_account(self, account: str) -> None:
+        _decrement(self.per_account, account)
+
+
+def _decrement(counter: Counter, key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 class SessionListener:

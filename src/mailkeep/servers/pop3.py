@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import ssl
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mailkeep.config.schema import Account, Config, Pop3Config
@@ -34,7 +33,7 @@ from mailkeep.logfmt import log
 from mailkeep.pop3 import server as core
 from mailkeep.sasl import ClientInfo, SaslStep, UnsupportedMechanism
 from mailkeep.servers import tlsio
-from mailkeep.servers.listener import SessionListener
+from mailkeep.servers.listener import REFUSALS, ConnectionCounts, SessionListener, is_loopback
 from mailkeep.store.api import INBOX, NoSuchAccount, NoSuchMailbox, NoSuchMessage, StoreError
 
 if TYPE_CHECKING:
@@ -84,14 +83,6 @@ def pop3_context(config: Config, store: Store, authenticator: Any,
         preauth_timeout=config.pop3.preauth_timeout)
 
 
-@dataclass
-class ConnectionCounter:
-    """Open POP3 connections, in total and per client IP (may be shared by listeners)."""
-
-    total: int = 0
-    per_ip: Counter = field(default_factory=Counter)
-    per_account: Counter = field(default_factory=Counter)
-
 
 class LoginTimes:
     """When each account last logged in, for LOGIN-DELAY (RFC 2449 §6.5, §8.1.2).
@@ -117,14 +108,6 @@ class LoginTimes:
             self._next_prune = max(1024, 2 * len(self._last))
 
 
-def _is_loopback(ip: str) -> bool:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class _SessionEnd(Exception):
@@ -132,7 +115,7 @@ class _SessionEnd(Exception):
 
 
 class POP3Session(asyncio.Protocol):
-    def __init__(self, ctx: POP3Context, counter: ConnectionCounter,
+    def __init__(self, ctx: POP3Context, counter: ConnectionCounts,
                  registry: set[POP3Session] | None = None,
                  login_times: LoginTimes | None = None):
         self.ctx = ctx
@@ -172,14 +155,11 @@ class POP3Session(asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else "local"
         self.conn = core.ServerConnection(self._session_config())
         limits = self.ctx.limits
-        if self.counter.total >= limits.max_connections:
-            self._refuse("Too many connections, try again later", "max_connections")
+        refused = self.counter.admit(self.client_ip, limits.max_connections,
+                                     limits.max_connections_per_ip)
+        if refused is not None:
+            self._refuse(REFUSALS[refused], refused)
             return
-        if self.counter.per_ip[self.client_ip] >= limits.max_connections_per_ip:
-            self._refuse("Too many connections from your address", "max_connections_per_ip")
-            return
-        self.counter.total += 1
-        self.counter.per_ip[self.client_ip] += 1
         self._counted = True
         self.registry.add(self)
         if self.ctx.implicit_tls:
@@ -205,14 +185,9 @@ class POP3Session(asyncio.Protocol):
         self.registry.discard(self)
         if self._counted:
             self._counted = False
-            self.counter.total -= 1
-            self.counter.per_ip[self.client_ip] -= 1
-            if self.counter.per_ip[self.client_ip] <= 0:
-                del self.counter.per_ip[self.client_ip]
+            self.counter.release(self.client_ip)
             if self.account is not None:
-                self.counter.per_account[self.account] -= 1
-                if self.counter.per_account[self.account] <= 0:
-                    del self.counter.per_account[self.account]
+                self.counter.release_account(self.account)
 
     def data_received(self, data: bytes) -> None:
         if self.conn is None:
@@ -260,7 +235,7 @@ class POP3Session(asyncio.Protocol):
 
     def _secured(self) -> bool:
         return self.tls_version is not None or (
-            self.ctx.allow_plaintext_loopback and _is_loopback(self.client_ip))
+            self.ctx.allow_plaintext_loopback and is_loopback(self.client_ip))
 
     def client_info(self) -> ClientInfo:
         return ClientInfo(protocol="pop3", ip=self.client_ip, secured=self._secured(),
@@ -511,7 +486,7 @@ class POP3Session(asyncio.Protocol):
                 account=account_name, reason="no mailbox")
             conn.err("This account has no mailbox", "AUTH", count_error=True)
             return
-        if self.counter.per_account[account_name] >= self.ctx.limits.max_connections_per_account:
+        if self.counter.account_full(account_name, self.ctx.limits.max_connections_per_account):
             log(logger, "login refused", logging.INFO, client=self.client_ip,
                 account=account_name, reason="max_connections_per_account")
             conn.err("Too many sessions for this account", "IN-USE")
@@ -537,7 +512,7 @@ class POP3Session(asyncio.Protocol):
         self.login_times.record(account_name, now, delay)
         self.account = account_name
         if self._counted:
-            self.counter.per_account[account_name] += 1
+            self.counter.add_account(account_name)
         self.stats["messages"] = len(messages)
         conn.login(messages, f"Logged in, {len(messages)} messages")
 
@@ -672,12 +647,12 @@ class POP3Listener(SessionListener):
     """One listening socket speaking POP3 (STLS) or POP3S (implicit TLS)."""
 
     def __init__(self, name: str, context: POP3Context,
-                 counter: ConnectionCounter | None = None,
+                 counter: ConnectionCounts | None = None,
                  login_times: LoginTimes | None = None):
         super().__init__(name, context)
         # Share ``counter`` (and ``login_times``) between the 110 and 995 listeners so
         # that [pop3] limits and LOGIN-DELAY hold for the server as a whole.
-        self.counter = counter if counter is not None else ConnectionCounter()
+        self.counter = counter if counter is not None else ConnectionCounts()
         self.login_times = login_times if login_times is not None else LoginTimes()
 
     def new_session(self) -> POP3Session:

@@ -16,7 +16,7 @@ import ssl
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mailkeep.config.schema import SmtpConfig
@@ -30,7 +30,7 @@ from mailkeep.delivery.pipeline import (
 )
 from mailkeep.logfmt import log
 from mailkeep.servers import tlsio
-from mailkeep.servers.listener import SessionListener
+from mailkeep.servers.listener import REFUSALS, ConnectionCounts, SessionListener
 from mailkeep.smtp import server as core
 from mailkeep.smtp.reply import Reply
 
@@ -98,14 +98,9 @@ class SpooledBody:
         self._buffer = bytearray()
 
 
-@dataclass
-class ConnectionCounter:
-    total: int = 0
-    per_ip: Counter = field(default_factory=Counter)
-
 
 class SMTPSession(asyncio.Protocol):
-    def __init__(self, ctx: ReceiverContext, counter: ConnectionCounter,
+    def __init__(self, ctx: ReceiverContext, counter: ConnectionCounts,
                  registry: set[SMTPSession] | None = None):
         self.ctx = ctx
         self.counter = counter
@@ -147,17 +142,12 @@ class SMTPSession(asyncio.Protocol):
             self.info.client_ip = "local"
         self.conn = core.ServerConnection(self.ctx.session_config)
         limits = self.ctx.limits
-        if self.counter.total >= limits.max_connections:
+        refused = self.counter.admit(self.info.client_ip, limits.max_connections,
+                                     limits.max_connections_per_ip)
+        if refused is not None:
             self._refuse(Reply(421, "4.7.0", f"{self.ctx.session_config.hostname} "
-                               "Too many connections, try again later"), "max_connections")
+                               f"{REFUSALS[refused]}"), refused)
             return
-        if (self.info.client_ip != "local"
-                and self.counter.per_ip[self.info.client_ip] >= limits.max_connections_per_ip):
-            self._refuse(Reply(421, "4.7.0", f"{self.ctx.session_config.hostname} "
-                               "Too many connections from your address"), "max_connections_per_ip")
-            return
-        self.counter.total += 1
-        self.counter.per_ip[self.info.client_ip] += 1
         self._counted = True
         self.registry.add(self)
         if self.ctx.implicit_tls:
@@ -174,10 +164,7 @@ class SMTPSession(asyncio.Protocol):
         self.registry.discard(self)
         if self._counted:
             self._counted = False
-            self.counter.total -= 1
-            self.counter.per_ip[self.info.client_ip] -= 1
-            if self.counter.per_ip[self.info.client_ip] <= 0:
-                del self.counter.per_ip[self.info.client_ip]
+            self.counter.release(self.info.client_ip)
 
     def _refuse(self, reply: Reply, reason: str) -> None:
         assert self.conn is not None and self.transport is not None
@@ -529,7 +516,7 @@ class SMTPListener(SessionListener):
 
     def __init__(self, name: str, context: ReceiverContext):
         super().__init__(name, context)
-        self.counter = ConnectionCounter()
+        self.counter = ConnectionCounts()
 
     def new_session(self) -> SMTPSession:
         return SMTPSession(self.context, self.counter, self.sessions)

@@ -34,7 +34,6 @@ needed (synchronous=NORMAL), and a corrupt or foreign file is deleted and rebuil
 
 from __future__ import annotations
 
-import binascii
 import calendar
 import datetime
 import email.utils
@@ -59,6 +58,7 @@ from mailkeep.logfmt import log
 from mailkeep.mime.charset import decode_charset
 from mailkeep.mime.header import header_fields, unfold
 from mailkeep.mime.structure import Part
+from mailkeep.mime.transfer import decode_body
 from mailkeep.store.api import MessageInfo, NoSuchMessage, Store, StoreError
 
 logger = logging.getLogger("mailkeep.fts")
@@ -240,7 +240,6 @@ def _clean(text: str) -> str:
 
 _MSG_ID = re.compile(rb"<([^<>\s]+)>")
 _LINE_BREAKS = re.compile(r"[\r\n]+")
-_BASE64_JUNK = re.compile(rb"[^A-Za-z0-9+/]")
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
 _HTML_HIDDEN = re.compile(r"<(script|style|head|title)\b[^>]*>.*?(?:</\1\s*>|\Z)", re.S | re.I)
 _HTML_BLOCK = re.compile(
@@ -261,22 +260,6 @@ def _html_text(markup: str) -> str:
     markup = html.unescape(markup)
     markup = _HTML_SPACE.sub(" ", markup)
     return _HTML_LINES.sub("\n", markup).strip()
-
-
-def _decode_transfer(raw: bytes, encoding: str) -> bytes:
-    # RFC 2045 §6.7 and §6.8, leniently as mail clients decode.
-    if encoding == "base64":
-        cleaned = _BASE64_JUNK.sub(b"", raw)
-        if len(cleaned) % 4 == 1:
-            cleaned = cleaned[:-1]
-        cleaned += b"=" * (-len(cleaned) % 4)
-        try:
-            return binascii.a2b_base64(cleaned)
-        except (binascii.Error, ValueError):
-            return b""
-    if encoding == "quoted-printable":
-        return binascii.a2b_qp(raw)
-    return raw
 
 
 def _fields(block: bytes, max_fields: int) -> list[tuple[str, bytes]]:
@@ -425,7 +408,10 @@ def _body_text(read: Reader, root: Part, limits: TextLimits) -> str:
             # Never read much more than the text budget left can use.
             wanted = min(limits.max_part_bytes, 4 * budget + 64)
             end = min(part.body_end, part.body_start + wanted)
-            data = _decode_transfer(read(part.body_start, end), part.encoding)
+            raw = read(part.body_start, end)
+            data = decode_body(raw, part.encoding)
+            if data is None:  # an unknown encoding: index what is there
+                data = raw
             content = decode_charset(data, part.params.get("charset"))
             if part.content_type == "text/html":
                 content = _html_text(content)
