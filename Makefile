@@ -5,7 +5,8 @@ BIN    := $(VENV)/bin
 # Debian packages the test suite talks to (real peers, never mocks).
 APT_PACKAGES := postfix swaks ca-certificates openssl libnet-ssleay-perl libio-socket-ssl-perl \
                 libauthen-sasl-perl procps dovecot-imapd dovecot-pop3d isync offlineimap3 \
-                fetchmail mutt
+                fetchmail mutt opendkim-tools nsd unbound ldnsutils bind9-dnsutils sasl2-bin \
+                libsasl2-modules
 
 .PHONY: run test venv apt-deps lint lock clean
 
@@ -39,6 +40,10 @@ apt-deps:
 	  case "$$missing" in *dovecot*) \
 	    command -v systemctl >/dev/null && systemctl disable --now dovecot.service dovecot.socket 2>/dev/null || true;; \
 	  esac; \
+	  for s in nsd unbound; do \
+	    command -v systemctl >/dev/null && systemctl disable --now $$s.service 2>/dev/null || true; \
+	    pkill -x $$s 2>/dev/null || true; \
+	  done; \
 	fi
 
 lint: $(BIN)/.installed
