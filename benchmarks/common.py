@@ -162,14 +162,16 @@ class MailkeepServer:
     ``smtpd_client_event_limit_exceptions``).
     """
 
-    def __init__(self, *, keep_dir: bool = False, per_ip_limit: int = 500) -> None:
+    def __init__(self, *, keep_dir: bool = False, per_ip_limit: int = 500,
+                 extra_config: str = "") -> None:
         self.directory = Path(tempfile.mkdtemp(prefix="mailkeep-bench-"))
         self.log_path = self.directory / "server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._keep_dir = keep_dir
-        self.port = self._write_config(per_ip_limit)
+        self.ports: dict[str, int] = {}
+        self.port = self._write_config(per_ip_limit, extra_config)
 
-    def _write_config(self, per_ip_limit: int) -> int:
+    def _write_config(self, per_ip_limit: int, extra_config: str = "") -> int:
         try:
             from mailkeep.cli.server_cmds import LOCALSERVE_CONFIG, LOCALSERVE_PORTS
         except ImportError:
@@ -181,9 +183,10 @@ class MailkeepServer:
         while len(set(ports.values())) < len(LOCALSERVE_PORTS):
             ports = {name: free_port() for name in LOCALSERVE_PORTS}
         port = ports["smtp"]
+        self.ports = ports
         text = LOCALSERVE_CONFIG.format(lmtp_socket=self.directory / "lmtp.sock", **ports)
         text += ("\n# Added by the benchmark: all load comes from 127.0.0.1.\n"
-                 f"[smtp]\nmax_connections_per_ip = {per_ip_limit}\n")
+                 f"[smtp]\nmax_connections_per_ip = {per_ip_limit}\n") + extra_config
         (self.directory / "mailkeep.toml").write_text(text)
         return port
 

@@ -173,7 +173,8 @@ def test_unknown_key_without_suggestion_lists_the_allowed_keys():
 def test_password_in_config_is_an_unknown_key():
     errors = errors_of(BASE + 'password = "secret"\n')
     assert errors == ["mailkeep.toml: accounts.\"me@example.com\".password: unknown key "
-                      "(allowed: name, quota, quota_messages, relay_only, aliases)"]
+                      "(allowed: name, quota, quota_messages, relay_only, aliases, send, "
+                      "send_message, max_messages_per_hour, max_recipients_per_day)"]
 
 
 def test_all_errors_are_reported_together():

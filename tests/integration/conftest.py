@@ -43,6 +43,14 @@ address = "127.0.0.1:{smtps}"
 tls = "implicit"
 
 [[listeners]]
+protocol = "submission"
+address = "127.0.0.1:{submission}"
+
+[[listeners]]
+protocol = "submissions"
+address = "127.0.0.1:{submissions}"
+
+[[listeners]]
 protocol = "lmtp"
 address = "unix:{lmtp}"
 
@@ -153,6 +161,8 @@ class RunningServer:
     imaps_port: int = 0
     pop3_port: int = 0
     pop3s_port: int = 0
+    submission_port: int = 0
+    submissions_port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
@@ -210,16 +220,20 @@ class RunningServer:
                               timeout=60, env={**os.environ, "MAILKEEP_CONFIG": str(self.config)})
 
 
-def make_server(directory: Path) -> RunningServer:
+def make_server(directory: Path, extra: str = "") -> RunningServer:
+    """A server from CONFIG; ``extra`` is TOML appended to it (more tables, never keys of
+    tables CONFIG already has)."""
     directory.mkdir(parents=True, exist_ok=True)
-    smtp, smtps, imap, imaps, pop3, pop3s = free_ports(6)
+    smtp, smtps, imap, imaps, pop3, pop3s, submission, submissions = free_ports(8)
     lmtp = directory / "lmtp.sock"
     log = directory / "mailkeep.log"
     config = directory / "mailkeep.toml"
     config.write_text(CONFIG.format(smtp=smtp, smtps=smtps, lmtp=lmtp, log=log, imap=imap,
-                                    imaps=imaps, pop3=pop3, pop3s=pop3s))
+                                    imaps=imaps, pop3=pop3, pop3s=pop3s,
+                                    submission=submission, submissions=submissions) + extra)
     return RunningServer(directory, config, smtp, smtps, lmtp, log, imap_port=imap,
-                         imaps_port=imaps, pop3_port=pop3, pop3s_port=pop3s)
+                         imaps_port=imaps, pop3_port=pop3, pop3s_port=pop3s,
+                         submission_port=submission, submissions_port=submissions)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,10 @@
 - ``dovecot``: a throwaway private Dovecot (``ThrowawayDovecot``), the IMAP/POP3 reference.
 - ``imap_clients``: drivers for the real clients users read mail with: mbsync (isync),
   offlineimap3, fetchmail and mutt.
+- ``dns``: a throwaway NSD + validating Unbound (``ThrowawayDNS``) with DNSSEC-signed test
+  zones, for MX, TLSA (DANE) and MTA-STS lookups.
+- ``https``: a local HTTPS server (MTA-STS policies); ``certs``: a private test CA.
+- ``sink``: Postfix's smtp-sink as an outbound destination that dumps what it receives.
 
 Nothing here is part of the ``mailkeep`` package; none of it runs in production.
 """

@@ -5,7 +5,7 @@ directory (its own ``main.cf``/``master.cf``, queue, data directory and log file
 and removes every trace of it on exit. The system Postfix is never configured, started or
 modified (``postfix start`` only reads the package's file list in ``/etc/postfix``).
 
-Three modes, each a constructor:
+Five modes, each a constructor:
 
 - ``virtual_maildir(domain, user)``: accepts mail for ``user@domain`` and delivers it with
   Postfix's ``virtual(8)`` agent into a Maildir inside the temporary directory. This is the
@@ -15,6 +15,14 @@ Three modes, each a constructor:
   setups Mailkeep replaces deliver into their message store.
 - ``relayhost(target)``: sends everything submitted from 127.0.0.1 on to ``target``
   (an SMTP smart host), for outbound tests.
+- ``sasl_submission(domain, user, login, password, cert_file, key_file)``: a submission
+  server (the "relayhost requiring SASL over TLS" that outbound tests talk to): STARTTLS
+  with the given certificate, AUTH (Cyrus SASL with a private sasldb: SCRAM-SHA-256, PLAIN,
+  LOGIN) offered only under TLS, every recipient refused unless the client authenticated;
+  mail for ``user@domain`` goes to a Maildir, everything else is discarded.
+- ``tls_destination(domains, cert_file, key_file)``: a destination MX for direct-delivery
+  tests: any address in ``domains`` goes to one Maildir, STARTTLS offered with the given
+  certificate, and the Received header says whether and how TLS was used.
 
 How the private instance stays private and safe:
 
@@ -67,6 +75,7 @@ POSTCONF = "/usr/sbin/postconf"
 POSTQUEUE = "/usr/sbin/postqueue"
 MASTER = "/usr/lib/postfix/sbin/master"
 SMTP_SOURCE = "/usr/sbin/smtp-source"
+SASLPASSWD2 = "/usr/sbin/saslpasswd2"
 
 #: Time limits (seconds) for instance start-up and shutdown.
 START_TIMEOUT = 60.0
@@ -115,6 +124,11 @@ _NEXTHOP = re.compile(
 )
 
 _NO_MAIL_OUT = "error:5.7.1 this throwaway Postfix instance does not send mail out"
+#: What sasl_submission() does with mail for anyone but its Maildir user: accept, drop.
+_DISCARD = "discard:accepted and discarded by the throwaway submission server"
+#: SASL mechanisms of sasl_submission(), strongest first (Cyrus plugins from Debian's
+#: libsasl2-modules; SCRAM works from the cleartext secret that saslpasswd2 stores).
+SUBMISSION_MECHANISMS = ("SCRAM-SHA-256", "PLAIN", "LOGIN")
 
 
 class PostfixUnavailable(RuntimeError):
@@ -201,6 +215,10 @@ class ThrowawayPostfix:
         self._master_pid: int | None = None
         self.maildir: Path | None = None
         self._maildir_spec: tuple[str, str] | None = None
+        # sasl_submission(): SASL users (login, password) and master.cf listener options.
+        self._sasl_users: tuple[tuple[str, str], ...] = ()
+        self._sasl_mechanisms: tuple[str, ...] = ()
+        self._listener_options: tuple[tuple[str, str], ...] = ()
 
     # ----------------------------------------------------------------- constructors
     @classmethod
@@ -272,6 +290,92 @@ class ThrowawayPostfix:
             **kwargs,
         )
 
+    @classmethod
+    def sasl_submission(cls, domain: str, user: str, *, login: str, password: str,
+                        cert_file: Path, key_file: Path, wrapper_mode: bool = False,
+                        mechanisms: tuple[str, ...] = SUBMISSION_MECHANISMS,
+                        **kwargs: Any) -> Self:
+        """A submission server that requires SASL authentication over TLS.
+
+        STARTTLS is offered with ``cert_file`` (the chain, leaf first) and ``key_file``;
+        ``wrapper_mode`` instead speaks TLS from the first byte (port 465 style, RFC 8314).
+        AUTH is only offered once TLS is active (``smtpd_tls_auth_only``), with
+        ``mechanisms`` from Cyrus SASL checked against a private sasldb holding one user,
+        ``login`` ("name@realm" or a plain name) with ``password``. Unauthenticated clients
+        get every RCPT refused (554 5.7.1); authenticated ones may send anywhere. Mail for
+        ``user@domain`` is delivered to ``self.maildir``, all other mail is discarded.
+        """
+        if any(ch.isspace() or ch in ":\0" for ch in login) or not login or "\n" in password:
+            raise ValueError(f"use a plain SASL login without spaces or colons, not {login!r}")
+        for name in mechanisms:
+            if not re.fullmatch(r"[A-Z0-9-]{1,20}", name):
+                raise ValueError(f"not a SASL mechanism name: {name!r}")
+        for path in (cert_file, key_file):
+            if not Path(path).is_file() or any(ch.isspace() for ch in str(path)):
+                raise ValueError(f"TLS file {path} must exist and have no spaces in its path")
+        instance = cls.virtual_maildir(domain, user, **kwargs)
+        instance._mode_settings.update({
+            "default_transport": _DISCARD,
+            "relay_transport": _DISCARD,
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": str(cert_file),
+            "smtpd_tls_key_file": str(key_file),
+            "smtpd_tls_loglevel": "1",
+            "smtpd_tls_auth_only": "yes",
+            "smtpd_sasl_auth_enable": "yes",
+            "smtpd_sasl_type": "cyrus",
+            "smtpd_sasl_path": "smtpd",
+            # Cyrus reads {smtpd_sasl_path}.conf from here. (Debian's Postfix looks in
+            # $config_directory/sasl whatever this says, so that is where it is written.)
+            "cyrus_sasl_config_path": "{root}/etc/sasl",
+            "smtpd_sasl_security_options": "noanonymous",
+            "smtpd_sasl_tls_security_options": "noanonymous",
+            "broken_sasl_auth_clients": "no",
+            # Not mynetworks: 127.0.0.1 must authenticate like everybody else.
+            "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+            "smtpd_recipient_restrictions": "permit_sasl_authenticated, reject",
+        })
+        instance._sasl_users = ((login, password),)
+        instance._sasl_mechanisms = tuple(mechanisms)
+        if wrapper_mode:
+            instance._listener_options = (("smtpd_tls_wrappermode", "yes"),)
+        return instance
+
+    @classmethod
+    def tls_destination(cls, domains: list[str] | tuple[str, ...], *, cert_file: Path,
+                        key_file: Path, **kwargs: Any) -> Self:
+        """A destination MX for direct-delivery tests: every address in ``domains`` goes
+        into one Maildir (``self.maildir``), and STARTTLS is offered (not required) with
+        ``cert_file`` (the chain, leaf first) and ``key_file``.
+
+        The sender's TLS policy (DANE, MTA-STS) decides whether TLS is used and verified;
+        this server accepts either, like a real MX. Its Received header says whether a
+        message came over TLS and with which protocol and cipher
+        (``smtpd_tls_received_header``), so a test can tell from the delivered message.
+        """
+        if not domains:
+            raise ValueError("tls_destination needs at least one domain")
+        for domain in domains:
+            if not _PLAIN_DOMAIN.fullmatch(domain):
+                raise ValueError(f"use plain ASCII domains, not {domain!r}")
+        for path in (cert_file, key_file):
+            if not Path(path).is_file() or any(ch.isspace() for ch in str(path)):
+                raise ValueError(f"TLS file {path} must exist and have no spaces in its path")
+        first = domains[0].lower()
+        instance = cls.virtual_maildir(first, "inbox", **kwargs)
+        instance._mode_settings.update({
+            "virtual_mailbox_domains": ", ".join(d.lower() for d in domains),
+            # static: every recipient in those domains exists and shares one Maildir.
+            "virtual_mailbox_maps": f"static:{first}/inbox/Maildir/",
+            "smtpd_tls_security_level": "may",
+            "smtpd_tls_cert_file": str(cert_file),
+            "smtpd_tls_key_file": str(key_file),
+            # "Anonymous TLS connection established ... TLSv1.3 with cipher ..." per session.
+            "smtpd_tls_loglevel": "1",
+            "smtpd_tls_received_header": "yes",
+        })
+        return instance
+
     # ----------------------------------------------------------------- paths
     def _require_root(self) -> Path:
         if self.root is None:
@@ -339,6 +443,8 @@ class ThrowawayPostfix:
 
     def _master_cf(self) -> str:
         listener = f"127.0.0.1:{self.port} inet n - n - - smtpd\n"
+        for name, value in self._listener_options:
+            listener += f"  -o {name}={value}\n"
         return "# Generated by tests/support/postfix.py.\n" + listener + _MASTER_CF_SERVICES
 
     def _write_config(self) -> None:
@@ -351,6 +457,8 @@ class ThrowawayPostfix:
         (etc / "master.cf").write_text(self._master_cf())
         for name, content in self._tables.items():
             (etc / name).write_text(content)
+        if self._sasl_users:
+            self._write_sasl_config(etc)
         # Postfix re-reads a configuration file, in 300 ms steps, for as long as its mtime
         # is not older than the moment it started reading (it might still be being written).
         # Files written this very second would cost every command ~1.5 s; backdate them.
@@ -377,6 +485,35 @@ class ThrowawayPostfix:
                 path.mkdir(mode=0o700, exist_ok=True)
                 os.chown(path, uid, gid)
             self.maildir = maildir
+
+    def _write_sasl_config(self, etc: Path) -> None:
+        """Cyrus SASL's smtpd.conf and the private sasldb (saslpasswd2 -f) it points to."""
+        sasl = etc / "sasl"
+        sasl.mkdir(mode=0o755, exist_ok=True)
+        path = sasl / "sasldb2"
+        (sasl / "smtpd.conf").write_text(
+            "pwcheck_method: auxprop\n"
+            "auxprop_plugin: sasldb\n"
+            f"sasldb_path: {path}\n"
+            f"mech_list: {' '.join(self._sasl_mechanisms)}\n"
+        )
+        if not os.access(SASLPASSWD2, os.X_OK):
+            raise PostfixUnavailable(
+                f"{SASLPASSWD2} is missing: `apt-get install sasl2-bin libsasl2-modules` "
+                "(both are in the Makefile's APT_PACKAGES)")
+        path.unlink(missing_ok=True)
+        # smtpd (user postfix) reads the database: group postfix, not world-readable.
+        for login, password in self._sasl_users:
+            name, _, realm = login.partition("@")
+            argv = [SASLPASSWD2, "-f", str(path), "-p", "-c"]
+            if realm:
+                argv += ["-u", realm]
+            run_command([*argv, name], input_bytes=password.encode() + b"\n", timeout=30.0)
+        os.chown(path, 0, pwd.getpwnam("postfix").pw_gid)
+        path.chmod(0o640)
+        backdated = time.time() - 5
+        for written in (sasl, sasl / "smtpd.conf", path):
+            os.utime(written, (backdated, backdated))
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:

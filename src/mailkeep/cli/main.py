@@ -21,6 +21,9 @@ COMMAND_MODULES = [
     "mailkeep.cli.alias",         # alias add|list|remove
     "mailkeep.cli.mailbox_io",    # export, import
     "mailkeep.cli.deliver_cmd",   # deliver (LDA)
+    "mailkeep.cli.dkim_cmd",      # dkim keygen|list|rotate|remove|dns
+    "mailkeep.cli.queue_cmd",     # queue list|show|hold|release|delete|retry|flush
+    "mailkeep.cli.sendmail_cmd",  # sendmail (and mailq)
 ]
 
 DEFAULT_CONFIG = "/etc/mailkeep/mailkeep.toml"

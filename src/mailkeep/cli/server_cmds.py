@@ -13,6 +13,8 @@ from mailkeep.cli.main import add_config_argument, config_path
 LOCALSERVE_PORTS = {
     # Fixed ports of localserve; each protocol's issue fills its own in.
     "smtp": 1025,
+    "submission": 1587,
+    "submissions": 1465,
     "imap": 1143,
     "imaps": 1993,
     "pop3": 1110,
@@ -34,6 +36,14 @@ level = "info"
 [[listeners]]
 protocol = "smtp"
 address = "127.0.0.1:{smtp}"
+
+[[listeners]]
+protocol = "submission"
+address = "127.0.0.1:{submission}"
+
+[[listeners]]
+protocol = "submissions"
+address = "127.0.0.1:{submissions}"
 
 [[listeners]]
 protocol = "lmtp"
@@ -79,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "external service, a self-signed certificate generated on first start, and one demo "
         "account demo@localhost. Runs in the foreground; Ctrl-C or SIGTERM stops it cleanly.",
         epilog="Ports: SMTP 1025 (mail for @localhost, exactly as a production MX would "
-        "accept it), IMAP 1143 (STARTTLS), IMAPS 1993, POP3 1110 (STLS), POP3S 1995. "
+        "accept it), submission 1587 (STARTTLS, AUTH) and 1465 (implicit TLS), IMAP 1143 (STARTTLS), IMAPS 1993, POP3 1110 (STLS), POP3S 1995. "
         "Plaintext login is allowed from loopback only.\n\nExamples:\n  mailkeep localserve\n  mailkeep localserve --dir /tmp/mk "
         "--password secret\n  swaks --server 127.0.0.1:1025 --to demo@localhost",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -166,6 +176,9 @@ def cmd_localserve(args: argparse.Namespace) -> int:
                          + (f" (TLS: {lst.tls})" if lst.tls != "none" else ""))
         lines.append(f"  try       : swaks --server 127.0.0.1:{LOCALSERVE_PORTS['smtp']} "
                      f"--to {DEMO_ACCOUNT}")
+        lines.append(f"              swaks --server 127.0.0.1:{LOCALSERVE_PORTS['submission']} "
+                     f"--tls --auth-user {DEMO_ACCOUNT} --auth-password '{password}' "
+                     f"--from {DEMO_ACCOUNT} --to {DEMO_ACCOUNT}")
         lines.append(f"              mutt -f imaps://{DEMO_ACCOUNT.replace('@', '%40')}"
                      f"@127.0.0.1:{LOCALSERVE_PORTS['imaps']}/   (self-signed certificate)")
         print("\n".join(lines) + "\n", flush=True)

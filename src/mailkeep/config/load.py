@@ -42,18 +42,24 @@ from mailkeep.config.schema import (
     PASSWORD_PROTOCOLS,
     PROTOCOL_DEFAULT_TLS,
     PROTOCOLS,
+    RELAY_TLS,
+    SEND_MODES,
     TLS_MODES,
     Account,
     AuthConfig,
     Config,
     ConfigError,
     ConfigIssue,
+    DeliveryConfig,
     Domain,
     ImapConfig,
     Listener,
     LogConfig,
     Pop3Config,
+    QueueConfig,
+    Relay,
     SmtpConfig,
+    SubmissionConfig,
     TlsConfig,
 )
 from mailkeep.units import parse_duration, parse_size
@@ -63,14 +69,39 @@ from mailkeep.units import parse_duration, parse_size
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 TOP_LEVEL_KEYS = ("hostname", "data_dir", "run_as", "postmaster", "log", "tls", "smtp",
-                  "auth", "imap", "pop3", "listeners", "domains", "accounts", "aliases")
+                  "auth", "imap", "pop3", "submission", "queue", "delivery", "relays",
+                  "listeners", "domains", "accounts", "aliases")
 LOG_KEYS = ("format", "level", "file")
 TLS_KEYS = ("cert", "key")
 SMTP_KEYS = tuple(f.name for f in fields(SmtpConfig))
 LISTENER_KEYS = ("protocol", "address", "tls")
 DOMAIN_KEYS = ("catch_all", "personalized_catch_all", "subaddress_separator",
                "subaddress_to_folder", "burned")
-ACCOUNT_KEYS = ("name", "quota", "quota_messages", "relay_only", "aliases")
+ACCOUNT_KEYS = ("name", "quota", "quota_messages", "relay_only", "aliases", "send",
+                "send_message", "max_messages_per_hour", "max_recipients_per_day")
+SUBMISSION_KEYS = ("max_messages_per_hour", "max_recipients_per_day", "max_recipients",
+                   "remove_headers", "senders")
+DELIVERY_KEYS = ("relayhost", "transport", "resolvers", "mta_sts", "dane", "ca_file",
+                 "helo_name", "smtp_port", "mta_sts_port", "address_families",
+                 "connect_timeout")
+RELAY_KEYS = ("host", "username", "password_file", "tls")
+_QUEUE_RANGES: dict[str, tuple[float, float]] = {
+    "queue_run_delay": (1, 86400),
+    "minimal_backoff_time": (1, 86400),
+    "maximal_backoff_time": (1, 86400 * 7),
+    "maximal_queue_lifetime": (0, 86400 * 100),
+    "bounce_queue_lifetime": (0, 86400 * 100),
+    "delay_warning_time": (0, 86400 * 100),
+    "destination_concurrency_limit": (1, 10_000),
+    "max_concurrency": (1, 100_000),
+    "max_messages_per_connection": (1, 100_000),
+    "max_bounce_size": (1024, 1 << 30),
+}
+_MAX_SEND_RATE = 10_000_000
+# "[host]:port", "host:port", "[host]", "host" (Postfix relayhost syntax); ports by number
+# or by the service names Postfix users write.
+_RELAY_HOST = re.compile(r"^(\[(?P<bracketed>[^\]]+)\]|(?P<plain>[^:\[\]]+))(?::(?P<port>[A-Za-z0-9]+))?$")
+_SERVICE_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "smtps": 465}
 
 # Characters that may separate a sub-address detail: RFC 5322 §3.2.3 atext that is not a
 # letter or digit (a letter would split ordinary names; "." would split "first.last").
@@ -123,8 +154,11 @@ _POP3_RANGES: dict[str, tuple[float, float]] = {
     "max_errors": (1, 10_000),
 }
 _SMTP_SIZES = {"message_size_limit"}
-_SIZES = {"message_size_limit", "append_limit", "max_literal_unauthenticated"}
-_DURATIONS = {"error_sleep", "command_timeout", "data_timeout", "failure_window",
+_SIZES = {"message_size_limit", "append_limit", "max_literal_unauthenticated",
+          "max_bounce_size"}
+_DURATIONS = {"queue_run_delay", "minimal_backoff_time", "maximal_backoff_time",
+              "maximal_queue_lifetime", "bounce_queue_lifetime", "delay_warning_time",
+              "connect_timeout","error_sleep", "command_timeout", "data_timeout", "failure_window",
               "max_failure_delay", "login_cache_ttl", "preauth_timeout", "autologout",
               "timeout"}
 _SMTP_DURATIONS = {"error_sleep", "command_timeout", "data_timeout"}
@@ -343,17 +377,23 @@ class _Loader:
                                     ("cram_md5", "allow_plaintext_loopback"))
         imap = self._limits_section(data, "imap", ImapConfig, _IMAP_RANGES)
         pop3 = self._limits_section(data, "pop3", Pop3Config, _POP3_RANGES)
+        queue = self._limits_section(data, "queue", QueueConfig, _QUEUE_RANGES)
+        if queue.minimal_backoff_time > queue.maximal_backoff_time:
+            self.error("queue.minimal_backoff_time", "larger than maximal_backoff_time",
+                       allowed="a duration not above maximal_backoff_time")
+        delivery = self._delivery(data)
         listeners = self._listeners(data, data_dir)
         domains, burned_raw = self._domains(data)
         accounts = self._accounts(data, domains)
         aliases = self._aliases(data, domains, accounts)
         domains = self._check_domain_targets(domains, burned_raw, accounts, aliases)
         postmaster = self._postmaster(data, domains, accounts, aliases)
+        submission = self._submission(data, domains, accounts)
 
         config = Config(
             path=self.path, hostname=hostname, data_dir=data_dir, run_as=run_as,
             postmaster=postmaster, log=log, tls=tls, smtp=smtp, auth=auth, imap=imap, pop3=pop3,
-            listeners=listeners,
+            submission=submission, queue=queue, delivery=delivery, listeners=listeners,
             domains=_frozen(domains), accounts=_frozen(accounts),
             aliases=_frozen({k: v[0] for k, v in aliases.items()}),
         )
@@ -449,6 +489,179 @@ class _Loader:
         for key in booleans:
             values[key] = self.boolean(table, key, (name,), getattr(defaults, key))
         return cls(**values)
+
+    def _submission(self, data: Mapping[str, Any], domains: Mapping[str, Domain],
+                    accounts: Mapping[str, Account]) -> SubmissionConfig:
+        table = self.table(data.get("submission"), "submission")
+        if table is None:
+            return SubmissionConfig()
+        prefix: tuple[str | int, ...] = ("submission",)
+        self.known_keys(table, SUBMISSION_KEYS, *prefix)
+        defaults = SubmissionConfig()
+        values: dict[str, Any] = {
+            "max_messages_per_hour": self.number(table, "max_messages_per_hour", prefix,
+                                                 defaults.max_messages_per_hour, 0,
+                                                 _MAX_SEND_RATE, "int"),
+            "max_recipients_per_day": self.number(table, "max_recipients_per_day", prefix,
+                                                  defaults.max_recipients_per_day, 0,
+                                                  _MAX_SEND_RATE, "int"),
+            "max_recipients": self.number(table, "max_recipients", prefix,
+                                          defaults.max_recipients, 1, 100_000, "int"),
+        }
+        if "remove_headers" in table:
+            names = []
+            for index, raw in self._string_list(table, "remove_headers", prefix):
+                if not re.fullmatch(r"[!-9;-~]{1,100}", raw):
+                    self.error(key_path(*prefix, "remove_headers", *(() if index is None else (index,))),
+                               f"{raw!r} is not a header field name")
+                    continue
+                names.append(raw)
+            values["remove_headers"] = tuple(names)
+        senders: dict[str, tuple[str, ...]] = {}
+        granted = self.table(table.get("senders"), *prefix, "senders")
+        for raw_address in granted or {}:
+            where = key_path(*prefix, "senders", raw_address)
+            address = self._local_address(raw_address, where, domains)
+            if address is None:
+                continue
+            names = []
+            for index, raw_owner in self._string_list(granted, raw_address, (*prefix, "senders")):
+                owner_where = key_path(*prefix, "senders", raw_address,
+                                       *(() if index is None else (index,)))
+                try:
+                    owner = canonical_address(raw_owner)
+                except InvalidName as exc:
+                    self.error(owner_where, str(exc))
+                    continue
+                if owner not in accounts:
+                    self.error(owner_where, f"{raw_owner!r} is not an account",
+                               allowed="an address listed in [accounts]")
+                    continue
+                names.append(owner)
+            senders[address] = tuple(names)
+        values["senders"] = _frozen(senders)
+        return SubmissionConfig(**values)
+
+    def _delivery(self, data: Mapping[str, Any]) -> DeliveryConfig:
+        relays = self._relays(data)
+        table = self.table(data.get("delivery"), "delivery")
+        if table is None:
+            return DeliveryConfig(relays=_frozen(relays))
+        prefix: tuple[str | int, ...] = ("delivery",)
+        self.known_keys(table, DELIVERY_KEYS, *prefix)
+        defaults = DeliveryConfig()
+        relayhost = self.string(table, "relayhost", prefix, "") or None
+        if relayhost is not None and relayhost not in relays:
+            self.error(key_path(*prefix, "relayhost"), f"no relay named {relayhost!r}",
+                       allowed=", ".join(relays) or "define it in [relays.NAME] first")
+            relayhost = None
+        transport: dict[str, str] = {}
+        entries = self.table(table.get("transport"), *prefix, "transport")
+        for raw_domain, target in (entries or {}).items():
+            where = key_path(*prefix, "transport", raw_domain)
+            try:
+                domain = canonical_domain(raw_domain.lstrip("."))
+            except InvalidName as exc:
+                self.error(where, str(exc))
+                continue
+            if raw_domain.startswith("."):
+                domain = "." + domain  # ".example.com": every subdomain (Postfix style)
+            if not isinstance(target, str) or (target != "direct" and target not in relays):
+                self.error(where, f"{target!r} is neither \"direct\" nor a relay name",
+                           allowed=", ".join(["direct", *relays]))
+                continue
+            transport[domain] = target
+        resolvers = []
+        for index, raw in self._string_list(table, "resolvers", prefix):
+            if raw.startswith("["):       # "[::1]:5353"
+                host, _, port = raw[1:].partition("]")
+                port = port[1:] if port.startswith(":") else "x" if port else ""
+            elif raw.count(":") == 1:     # "127.0.0.1:5353"
+                host, _, port = raw.partition(":")
+            else:                         # "127.0.0.1", "::1"
+                host, port = raw, ""
+            try:
+                ipaddress.ip_address(host)
+                if port and not port.isdigit():
+                    raise ValueError
+                if port and not 0 < int(port) < 65536:
+                    raise ValueError
+            except ValueError:
+                self.error(key_path(*prefix, "resolvers", *(() if index is None else (index,))),
+                           f"{raw!r} is not an IP address (with an optional :port)")
+                continue
+            resolvers.append(raw)
+        families = tuple(item for _, item in self._string_list(table, "address_families", prefix)) \
+            if "address_families" in table else defaults.address_families
+        if not families or any(f not in ("ipv4", "ipv6") for f in families):
+            self.error(key_path(*prefix, "address_families"), f"{list(families)!r} is not usable",
+                       allowed="a list of \"ipv6\" and/or \"ipv4\"")
+            families = defaults.address_families
+        ca_file = self.string(table, "ca_file", prefix, "")
+        helo = self.string(table, "helo_name", prefix, "") or None
+        if helo is not None:
+            try:
+                helo = canonical_domain(helo)
+            except InvalidName as exc:
+                self.error(key_path(*prefix, "helo_name"), str(exc))
+                helo = None
+        return DeliveryConfig(
+            relayhost=relayhost, transport=_frozen(transport), relays=_frozen(relays),
+            resolvers=tuple(resolvers),
+            mta_sts=self.boolean(table, "mta_sts", prefix, defaults.mta_sts),
+            dane=self.boolean(table, "dane", prefix, defaults.dane),
+            ca_file=self.file_path(ca_file) if ca_file else None, helo_name=helo,
+            smtp_port=self.number(table, "smtp_port", prefix, 25, 1, 65535, "int"),
+            mta_sts_port=self.number(table, "mta_sts_port", prefix, 443, 1, 65535, "int"),
+            address_families=families,
+            connect_timeout=self.number(table, "connect_timeout", prefix,
+                                        defaults.connect_timeout, 1, 600, "duration"))
+
+    def _relays(self, data: Mapping[str, Any]) -> dict[str, Relay]:
+        table = self.table(data.get("relays"), "relays")
+        relays: dict[str, Relay] = {}
+        for name, value in (table or {}).items():
+            prefix: tuple[str | int, ...] = ("relays", name)
+            if name == "direct" or not _BARE_KEY.match(name):
+                self.error(key_path(*prefix), "not a usable relay name",
+                           allowed="letters, digits, - and _, not \"direct\"")
+                continue
+            settings = self.table(value, *prefix)
+            if settings is None:
+                continue
+            self.known_keys(settings, RELAY_KEYS, *prefix)
+            raw_host = self.string(settings, "host", prefix, required=True,
+                                   hint=": such as \"[smtp.provider.net]:587\"")
+            if raw_host is None:
+                continue
+            match = _RELAY_HOST.match(raw_host.strip())
+            port_text = match.group("port") if match else None
+            port = 587
+            if port_text:
+                port = _SERVICE_PORTS.get(port_text.lower(), 0) if not port_text.isdigit() \
+                    else int(port_text)
+            host = (match.group("bracketed") or match.group("plain")) if match else ""
+            if not match or not 0 < port < 65536 or not host:
+                self.error(key_path(*prefix, "host"), f"{raw_host!r} is not a relay host",
+                           allowed="\"[host]:port\" (no MX lookup) or \"host:port\"; port a "
+                                   "number or smtp, submission, submissions")
+                continue
+            tls = self.choice(settings, "tls", prefix, RELAY_TLS,
+                              "implicit" if port == 465 else "verify") or "verify"
+            username = self.string(settings, "username", prefix, "") or None
+            password_file = self.string(settings, "password_file", prefix, "") or None
+            if bool(username) != bool(password_file):
+                self.error(key_path(*prefix, "password_file" if username else "username"),
+                           "username and password_file go together")
+            if username and tls == "may":
+                self.warn(key_path(*prefix, "tls"), "credentials are only ever sent over TLS; "
+                          "with \"may\" a relay without STARTTLS gets no mail")
+            relays[name] = Relay(name=name, host=host, port=port,
+                                 mx_lookup=not bool(match.group("bracketed")),
+                                 username=username,
+                                 password_file=self.file_path(password_file) if password_file else None,
+                                 tls=tls)
+        return relays
 
     def _listeners(self, data: Mapping[str, Any], data_dir: Path) -> tuple[Listener, ...]:
         if "listeners" not in data:
@@ -658,10 +871,20 @@ class _Loader:
                     self.error(where, f"{raw_alias!r} is listed twice")
                     continue
                 own_aliases.append(alias)
+            send = self.choice(settings, "send", prefix, SEND_MODES, "allow") or "allow"
+            send_message = self.string(settings, "send_message", prefix, "") or ""
+            if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in send_message) or len(send_message) > 400:
+                self.error(key_path(*prefix, "send_message"), "not usable in an SMTP reply",
+                           allowed="up to 400 characters, no control characters")
+                send_message = ""
+            rates = {key: (self.number(settings, key, prefix, 0, 0, _MAX_SEND_RATE, "int")
+                           if key in settings else None)
+                     for key in ("max_messages_per_hour", "max_recipients_per_day")}
             self._account_keys[address] = raw_address
             accounts[address] = Account(address=address, name=name, quota=int(quota),
                                         quota_messages=int(quota_messages), relay_only=relay_only,
-                                        aliases=tuple(own_aliases))
+                                        aliases=tuple(own_aliases), send=send,
+                                        send_message=send_message, **rates)
             if relay_only and own_aliases:
                 self.warn(key_path(*prefix, "aliases"), "the account is relay-only: mail to "
                           "these aliases is rejected as unknown")

@@ -127,7 +127,7 @@ class SmtpConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """``[auth]``: how clients prove who they are (IMAP, POP3, later submission)."""
+    """``[auth]``: how clients prove who they are (IMAP, POP3, submission)."""
 
     #: Offer CRAM-MD5 (RFC 2195). It needs an MD5-based secret on the server that is as
     #: good as the password to an attacker who steals the passwd file; off by default.
@@ -188,6 +188,103 @@ class Pop3Config:
     max_errors: int = 10
 
 
+#: Headers removed from submitted mail because they leak the sender's client, address or
+#: software (seeds 001/004 strip them with header_checks). The client's own Received line
+#: is never written in the first place.
+DEFAULT_PRIVACY_HEADERS: tuple[str, ...] = (
+    "X-Originating-IP", "X-Mailer", "User-Agent", "X-Originating-Client", "X-MimeOLE",
+)
+SEND_MODES: tuple[str, ...] = ("allow", "hold", "block")
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """``[submission]``: what authenticated senders (587/465, sendmail) may do."""
+
+    #: Per account: messages accepted per rolling hour, and distinct new recipients per
+    #: rolling day; a compromised password then sends hundreds, not millions (0 = no limit).
+    max_messages_per_hour: int = 500
+    max_recipients_per_day: int = 2000
+    #: Recipients in one submitted message.
+    max_recipients: int = 500
+    #: Header fields removed from submitted messages (case-insensitive names).
+    remove_headers: tuple[str, ...] = DEFAULT_PRIVACY_HEADERS
+    #: Extra envelope/From: addresses granted to accounts: {address: (account, ...)}, e.g.
+    #: a shared info@ (seed 004's sender login map).
+    senders: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """``[queue]``: retries and concurrency of outbound delivery (Postfix's names)."""
+
+    #: How often deferred mail is looked at again (Postfix queue_run_delay).
+    queue_run_delay: float = 60.0
+    #: Wait after the first failure; doubles each attempt up to maximal_backoff_time.
+    minimal_backoff_time: float = 300.0
+    maximal_backoff_time: float = 4000.0
+    #: Give up and bounce after this long (Postfix maximal_queue_lifetime, 5 days).
+    maximal_queue_lifetime: float = 5 * 86400.0
+    #: Bounces (null sender) are given up sooner (Postfix bounce_queue_lifetime).
+    bounce_queue_lifetime: float = 5 * 86400.0
+    #: Send a "delayed" DSN once mail waited this long; 0 = never (Postfix default).
+    delay_warning_time: float = 0.0
+    #: Parallel connections to one destination (domain or relay host), and in total.
+    destination_concurrency_limit: int = 20
+    max_concurrency: int = 100
+    #: Messages sent over one connection before it is closed and a new one opened.
+    max_messages_per_connection: int = 100
+    #: A bounce carries the whole original message up to this size, its headers beyond.
+    max_bounce_size: int = 50 * 1024
+
+
+@dataclass(frozen=True)
+class Relay:
+    """``[relays.NAME]``: a smart host mail is handed to (seed 000's relayhost)."""
+
+    name: str
+    host: str
+    port: int = 587
+    #: False for "[host]": connect to host itself; True: look up its MX records.
+    mx_lookup: bool = False
+    username: str | None = None
+    password_file: Path | None = None
+    #: verify (TLS, certificate checked), encrypt (TLS, not checked), implicit (port 465),
+    #: may (TLS when offered).
+    tls: str = "verify"
+
+
+RELAY_TLS: tuple[str, ...] = ("verify", "encrypt", "implicit", "may")
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """``[delivery]``: how mail for other domains leaves (direct MX or relay hosts)."""
+
+    #: Name of a [relays] entry used for every destination without a transport entry;
+    #: None = deliver directly to each domain's MX.
+    relayhost: str | None = None
+    #: {destination domain: relay name, or "direct"} (Postfix's transport map).
+    transport: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    relays: Mapping[str, Relay] = field(default_factory=lambda: MappingProxyType({}))
+    #: DNS servers for MX/TLSA/MTA-STS lookups ("127.0.0.1" or "127.0.0.1:5353"); empty =
+    #: /etc/resolv.conf. DANE needs a validating resolver on a trusted path (loopback).
+    resolvers: tuple[str, ...] = ()
+    mta_sts: bool = True
+    dane: bool = True
+    #: Extra CA certificates for verifying peers (default: the system's store).
+    ca_file: Path | None = None
+    #: Name in EHLO; default the server's hostname.
+    helo_name: str | None = None
+    #: Port of direct delivery (25). Other values are for tests only.
+    smtp_port: int = 25
+    #: Port MTA-STS policies are fetched from (443). Other values are for tests only.
+    mta_sts_port: int = 443
+    #: Address families tried, in order.
+    address_families: tuple[str, ...] = ("ipv6", "ipv4")
+    connect_timeout: float = 30.0
+
+
 @dataclass(frozen=True)
 class Listener:
     """``[[listeners]]``: one socket the server listens on.
@@ -230,6 +327,13 @@ class Account:
     quota_messages: int = 0  # 0 = unlimited
     relay_only: bool = False
     aliases: tuple[str, ...] = ()
+    #: allow: send normally. hold: accept and keep in the queue (held) for review.
+    #: block: refuse with 554 5.7.1 and ``send_message`` (seed 002).
+    send: str = "allow"
+    send_message: str = ""
+    #: Per-account overrides of [submission] limits (None: the section's value).
+    max_messages_per_hour: int | None = None
+    max_recipients_per_day: int | None = None
 
 
 def _frozen_map(data: Mapping | None = None) -> Mapping:
@@ -251,6 +355,9 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     imap: ImapConfig = field(default_factory=ImapConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    queue: QueueConfig = field(default_factory=QueueConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     listeners: tuple[Listener, ...] = ()
     domains: Mapping[str, Domain] = field(default_factory=_frozen_map)
     accounts: Mapping[str, Account] = field(default_factory=_frozen_map)

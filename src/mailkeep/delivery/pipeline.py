@@ -60,7 +60,7 @@ def new_message_id() -> str:
 _date_cache: tuple[int, str] = (-1, "")
 
 
-def _rfc5322_date() -> str:
+def rfc5322_date() -> str:
     """The current date for trace headers, formatted once per second."""
     global _date_cache
     now = int(time.time())
@@ -98,6 +98,7 @@ class Envelope:
     body_type: str | None = None
     envid: str | None = None
     ret: str | None = None
+    requiretls: bool = False
 
 
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
@@ -178,12 +179,16 @@ class Pipeline:
         if session.tls:
             lines.append(f"\t(using {session.tls})")
         lines[-1] += ";"
-        lines.append("\t" + _rfc5322_date())
+        lines.append("\t" + rfc5322_date())
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
     async def deliver(self, session: SessionInfo, envelope: Envelope, body: bytes | Path,
-                      size: int, msg_id: str) -> list[Reply]:
-        """Store the message for every accepted recipient; one reply per recipient."""
+                      size: int, msg_id: str, *, received: bytes | None = None) -> list[Reply]:
+        """Store the message for every accepted recipient; one reply per recipient.
+
+        ``received`` replaces the Received field built from the session (submission writes
+        its own, without the client's address, followed by its DKIM signatures).
+        """
         # One copy per (account, folder), as Postfix's duplicate filter does.
         groups: dict[Target, list[int]] = {}
         for index, rcpt in enumerate(envelope.recipients):
@@ -191,7 +196,8 @@ class Pipeline:
                 groups.setdefault(target, []).append(index)
         return_path = f"Return-Path: <{envelope.sender or ''}>\r\n".encode()
         single = envelope.recipients[0].address if len(envelope.recipients) == 1 else None
-        received = self.received_header(session, envelope, msg_id, single)
+        if received is None:
+            received = self.received_header(session, envelope, msg_id, single)
         requests = []
         for target in groups:
             qbytes, qmsgs = self._quota(target.account)

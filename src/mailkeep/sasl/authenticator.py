@@ -1,5 +1,5 @@
 """The authenticator: SASL mechanisms, password checks, throttling and logging, for every
-protocol (IMAP, POP3, later submission) - one instance per server process.
+protocol (IMAP, POP3, submission) - one instance per server process.
 
 This is the async layer around the pure mechanism modules (``plain``, ``login``,
 ``cram_md5``, ``scram``): it looks up accounts and their stored secrets, runs Argon2 in a

@@ -31,7 +31,12 @@ from typing import Any
 from mailkeep.addressing import Resolver
 from mailkeep.config import Config, ConfigError, load_config
 from mailkeep.delivery.pipeline import Pipeline
+from mailkeep.delivery.submission import RateLimiter, Submission
+from mailkeep.dkim.keys import DkimKeys
 from mailkeep.logfmt import log, setup_logging
+from mailkeep.queue.pickup import Pickup
+from mailkeep.queue.scheduler import Scheduler
+from mailkeep.queue.store import QueueStore
 from mailkeep.sasl import Authenticator
 from mailkeep.servers.imap import IMAPContext, IMAPListener
 from mailkeep.servers.indexer import BackgroundIndexer
@@ -45,7 +50,8 @@ from mailkeep.store.fts import FullTextIndex
 
 logger = logging.getLogger("mailkeep.server")
 
-SMTP_PROTOCOLS = {"smtp", "lmtp"}
+SMTP_PROTOCOLS = {"smtp", "lmtp", "submission", "submissions"}
+SUBMISSION_PROTOCOLS = {"submission", "submissions"}
 IMAP_PROTOCOLS = {"imap", "imaps"}
 POP3_PROTOCOLS = {"pop3", "pop3s"}
 SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS
@@ -163,6 +169,13 @@ class Server:
         self.fts: Any = None
         self.indexer: Any = None
         self._reload_task: asyncio.Task | None = None
+        # Sending: the durable queue, its scheduler, the sendmail pickup, DKIM keys, and
+        # the per-account rate limits (kept across reloads).
+        self.queue: Any = None
+        self.scheduler: Any = None
+        self.pickup: Any = None
+        self.dkim: Any = None
+        self.rates = RateLimiter()
 
     # -- assembling the runtime from a config ------------------------------------------
 
@@ -183,10 +196,19 @@ class Server:
             hard_error_limit=s.hard_error_limit,
         )
 
+    def submission(self, config: Config, pipeline: Pipeline) -> Submission:
+        """The submission service for a config snapshot (587/465 and the sendmail pickup)."""
+        return Submission(config, pipeline, self.queue, spool_dir=self.spool_dir(config),
+                          dkim=self.dkim, rates=self.rates,
+                          wake=self.scheduler.wake if self.scheduler else None)
+
     def _receiver_context(self, config: Config, pipeline: Pipeline, listener) -> ReceiverContext:
         lmtp = listener.protocol == "lmtp"
         implicit = listener.tls == "implicit"
         tls_ctx = self.tls.context if self.tls and listener.tls != "none" else None
+        submission = None
+        if listener.protocol in SUBMISSION_PROTOCOLS:
+            submission = self.submission(config, pipeline)
         return ReceiverContext(
             pipeline=pipeline,
             session_config=self._session_config(config, lmtp, listener.tls == "starttls",
@@ -197,6 +219,9 @@ class Server:
             lmtp=lmtp,
             listener=f"{listener.protocol}:{listener.address}",
             implicit_tls=implicit,
+            submission=submission,
+            authenticator=self.authenticator if submission is not None else None,
+            allow_plaintext_loopback=config.auth.allow_plaintext_loopback,
         )
 
     @staticmethod
@@ -290,15 +315,23 @@ class Server:
         self.indexer.watch(self._mailbox_accounts(config))
         self.indexer.start()
         pipeline = Pipeline(config, self.store, Resolver(config))
+        self.queue = await asyncio.to_thread(QueueStore.for_data_dir, config.data_dir)
+        self.dkim = DkimKeys.for_data_dir(config.data_dir)
+        self.scheduler = Scheduler(config, self.queue, pipeline, data_dir=config.data_dir)
+        self.pickup = Pickup(config.data_dir / "queue" / "maildrop", lambda: self.submission(
+            self.config, Pipeline(self.config, self.store, Resolver(self.config))))
         for listener in self._served_listeners(config):
             key = listener_key(listener)
             server = self._make_listener(key, self._context(config, pipeline, listener))
             await server.start(self.bound.pop(key))
             self.listeners[key] = server
         loop = asyncio.get_running_loop()
+        scheduler_task = loop.create_task(self.scheduler.run())
+        pickup_task = loop.create_task(self.pickup.run())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self._schedule_reload)
+        loop.add_signal_handler(signal.SIGUSR1, self._queue_changed)
         pidfile = config.pidfile
         pidfile.write_text(f"{os.getpid()}\n")
         log(logger, "started", hostname=config.hostname, pid=os.getpid(),
@@ -314,6 +347,13 @@ class Server:
             tls_task.cancel()
             log(logger, "stopping")
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
+            self.pickup.stop()
+            await self.scheduler.stop()
+            for task in (scheduler_task, pickup_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await asyncio.to_thread(self.queue.close)
             await self.indexer.stop()
             await asyncio.to_thread(self.store.close)
             if self.fts is not None:
@@ -326,6 +366,13 @@ class Server:
                         Path(key.address[5:]).unlink()
             log(logger, "stopped")
         return 0
+
+    def _queue_changed(self) -> None:
+        """SIGUSR1 (sent by `mailkeep queue ...`): rescan the queue and the maildrop."""
+        if self.scheduler is not None:
+            self.scheduler.wake()
+        if self.pickup is not None:
+            self.pickup.wake()
 
     async def _watch_certificates(self) -> None:
         while True:
@@ -375,6 +422,7 @@ class Server:
         self.indexer.watch(self._mailbox_accounts(config))
         self._apply(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
+        self.scheduler.update(config, pipeline)
         new_listeners = {listener_key(lst): lst for lst in self._served_listeners(config)}
         for key in set(self.listeners) - set(new_listeners):
             await self.listeners.pop(key).stop()

@@ -9,6 +9,8 @@ the loop "next event → decide → write replies → read more".
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
 import os
@@ -18,6 +20,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from mailkeep.config.schema import SmtpConfig
 from mailkeep.delivery.pipeline import (
@@ -28,9 +31,11 @@ from mailkeep.delivery.pipeline import (
     combine_smtp_reply,
     new_message_id,
 )
+from mailkeep.delivery.submission import EIGHT_BIT_REFUSED, SubmitRequest
 from mailkeep.logfmt import log
+from mailkeep.sasl import ClientInfo, SaslStep, UnsupportedMechanism
 from mailkeep.servers import tlsio
-from mailkeep.servers.listener import REFUSALS, ConnectionCounts, SessionListener
+from mailkeep.servers.listener import REFUSALS, ConnectionCounts, SessionListener, is_loopback
 from mailkeep.smtp import server as core
 from mailkeep.smtp.reply import Reply
 
@@ -54,6 +59,11 @@ class ReceiverContext:
     lmtp: bool = False
     listener: str = "smtp"
     implicit_tls: bool = False
+    #: Submission listeners (587/465): the submission service and the SASL layer. AUTH
+    #: is offered only here, never on port 25, and only once the connection is secured.
+    submission: Any = None        # mailkeep.delivery.submission.Submission
+    authenticator: Any = None     # mailkeep.sasl.Authenticator
+    allow_plaintext_loopback: bool = False
 
 
 class SpooledBody:
@@ -127,6 +137,14 @@ class SMTPSession(asyncio.Protocol):
         self.task: asyncio.Task | None = None
         self.stats = Counter()
         self.started = time.monotonic()
+        # Submission: the account that authenticated, the SASL exchange in progress, the
+        # TLS channel bindings, and whether the body so far is 7-bit.
+        self.account: str | None = None
+        self._exchange: Any = None
+        self._success: SaslStep | None = None
+        self._channel_bindings: dict[str, bytes] = {}
+        self._tls_version: str | None = None
+        self._eight_bit = False
 
     # -- asyncio.Protocol callbacks: feed the core, wake the session loop ---------------
 
@@ -140,7 +158,7 @@ class SMTPSession(asyncio.Protocol):
             self.info.client_ip, self.info.client_port = peer[0], peer[1]
         else:
             self.info.client_ip = "local"
-        self.conn = core.ServerConnection(self.ctx.session_config)
+        self.conn = core.ServerConnection(self._session_config())
         limits = self.ctx.limits
         refused = self.counter.admit(self.info.client_ip, limits.max_connections,
                                      limits.max_connections_per_ip)
@@ -158,6 +176,28 @@ class SMTPSession(asyncio.Protocol):
             self.conn.greet()
             transport.write(self.conn.data_to_send())
         self.task = self.loop.create_task(self.run())
+
+    # -- submission: who may authenticate, and how --------------------------------------
+
+    def client_info(self) -> ClientInfo:
+        secured = self._tls_version is not None or (
+            self.ctx.allow_plaintext_loopback and is_loopback(self.info.client_ip))
+        return ClientInfo(protocol="smtp", ip=self.info.client_ip, secured=secured,
+                          tls_version=self._tls_version,
+                          channel_bindings=dict(self._channel_bindings))
+
+    def _session_config(self, tls_active: bool = False) -> core.SessionConfig:
+        config = self.ctx.session_config
+        if self.ctx.submission is None or self.ctx.authenticator is None:
+            return config
+        # RFC 4954 §4 / RFC 8314: mechanisms only on a secured connection (STARTTLS done,
+        # implicit TLS, or loopback when the policy trusts it).
+        mechanisms = tuple(self.ctx.authenticator.mechanisms(self.client_info())
+                           if self.client_info().secured else ())
+        return replace(config, auth_mechanisms=mechanisms,
+                       tls_active=tls_active or config.tls_active,
+                       starttls_available=config.starttls_available and not tls_active,
+                       bare_newlines="normalize")
 
     def _release(self) -> None:
         """Give back this connection's slots; safe to call more than once."""
@@ -295,6 +335,7 @@ class SMTPSession(asyncio.Protocol):
             if self.ctx.implicit_tls:
                 if not await self._upgrade():
                     return
+                conn.config = self._session_config(tls_active=True)
                 conn.greet()
             while True:
                 if self._pending_event is not None:
@@ -343,15 +384,29 @@ class SMTPSession(asyncio.Protocol):
                 conn.close(Reply(421, "4.3.2", f"{self.ctx.session_config.hostname} "
                                  "Service shutting down, try again later"))
             case core.MailFrom(sender=sender, params=params):
+                if self.ctx.submission is not None:
+                    refusal = self.ctx.submission.mail_from(self.account, sender)
+                    if refusal is not None:
+                        log(logger, "sender refused", client=self.info.client_ip,
+                            account=self.account or "", from_=str(sender or ""),
+                            code=refusal.code)
+                        conn.reject(refusal, count_error=self.account is None)
+                        return True
                 self.envelope = Envelope(sender=sender, smtputf8=params.smtputf8,
                                          body_type=params.body, envid=params.envid,
-                                         ret=params.ret)
+                                         ret=params.ret, requiretls=params.requiretls)
                 self.mail_size_hint = params.size
                 conn.accept()
             case core.RcptTo(recipient=recipient, params=params):
                 assert self.envelope is not None
-                reply, targets = self.ctx.pipeline.recipient_decision(
-                    recipient, self.mail_size_hint)
+                if self.ctx.submission is not None:
+                    reply, accepted = self.ctx.submission.rcpt_to(
+                        self.account, recipient, self.mail_size_hint,
+                        len(self.envelope.recipients))
+                    targets = accepted.targets if accepted is not None else ()
+                else:
+                    reply, targets = self.ctx.pipeline.recipient_decision(
+                        recipient, self.mail_size_hint)
                 if reply.code < 300:
                     self.envelope.recipients.append(AcceptedRecipient(
                         recipient, targets, notify=params.notify, orcpt=params.orcpt))
@@ -367,12 +422,17 @@ class SMTPSession(asyncio.Protocol):
                     conn.reject(reply, count_error=True)
             case core.DataStart():
                 self.body = SpooledBody(self.ctx.spool_dir)
+                self._eight_bit = False
                 conn.accept()
             case core.BodyData(data=data):
                 if self.body is not None:
                     self.body.write(data)
+                    if not self._eight_bit and not data.isascii():
+                        self._eight_bit = True
             case core.Reset():
                 self._reset()
+            case core.AuthStart() | core.AuthResponse() if self.ctx.submission is not None:
+                return False
             case core.AuthStart():
                 conn.reject(Reply(503, "5.5.1", "Error: authentication not enabled"))
             case core.ClientError(count=count):
@@ -394,6 +454,10 @@ class SMTPSession(asyncio.Protocol):
                 await self._end_of_data(event)
             case core.StartTLS():
                 await self._start_tls()
+            case core.AuthStart(mechanism=mechanism, initial_response=initial):
+                await self._auth_start(mechanism, initial)
+            case core.AuthResponse(line=line):
+                await self._auth_response(line)
             case core.ClientError():
                 self.stats["errors"] += 1
                 # Postfix's smtpd_error_sleep_time: slow down clients that keep erring.
@@ -428,10 +492,26 @@ class SMTPSession(asyncio.Protocol):
                 to=",".join(recipients), size=body.size, problem=event.problem,
                 code=reply.code)
             return
+        if (self.ctx.submission is not None and self._eight_bit and not envelope.smtputf8
+                and envelope.body_type not in ("8BITMIME", "BINARYMIME")):
+            # RFC 6152 §3 / RFC 6409 §8: 8-bit content needs BODY=8BITMIME; a submission
+            # server refuses rather than pass on a message peers may mangle.
+            body.discard()
+            self._answer_end(conn, [EIGHT_BIT_REFUSED])
+            self.stats["rejected"] += 1
+            log(logger, "message refused", logging.INFO, id=msg_id, client=self.info.client_ip,
+                account=self.account or "", problem="8bit-undeclared", code=554)
+            return
         source = body.finish()
         try:
-            replies = await self.ctx.pipeline.deliver(self.info, envelope, source, body.size,
-                                                      msg_id)
+            if self.ctx.submission is not None:
+                reply = await self.ctx.submission.submit(SubmitRequest(
+                    session=self.info, account=self.account, envelope=envelope,
+                    source=source, size=body.size, msg_id=msg_id))
+                replies = [reply] * len(envelope.recipients)
+            else:
+                replies = await self.ctx.pipeline.deliver(self.info, envelope, source,
+                                                          body.size, msg_id)
         finally:
             body.discard()
         self._answer_end(conn, replies)
@@ -479,6 +559,10 @@ class SMTPSession(asyncio.Protocol):
             return False
         self.transport = new_transport
         self._note_tls()
+        self._tls_version = self.transport.get_extra_info("ssl_object").version() \
+            if self.transport.get_extra_info("ssl_object") is not None else "TLS"
+        if self.ctx.submission is not None:
+            self._channel_bindings = tlsio.channel_bindings(new_transport)
         return True
 
     async def _start_tls(self) -> None:
@@ -495,7 +579,7 @@ class SMTPSession(asyncio.Protocol):
         # plaintext that was pipelined after STARTTLS (CVE-2011-0411).
         self._reset()
         self.info.helo = ""
-        conn.tls_started(replace(self.ctx.session_config, tls_active=True,
+        conn.tls_started(replace(self._session_config(tls_active=True), tls_active=True,
                                  starttls_available=False))
 
     def _note_tls(self) -> None:
@@ -509,6 +593,94 @@ class SMTPSession(asyncio.Protocol):
         else:
             self.info.tls = str(ssl_object.version())
         self.info.protocol = "LMTPS" if self.ctx.lmtp else "ESMTPS"
+
+    # -- AUTH (submission only) -----------------------------------------------------------
+
+    async def _auth_start(self, mechanism: str, initial: str | None) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            self._exchange = self.ctx.authenticator.start(mechanism, self.client_info())
+        except UnsupportedMechanism:
+            self._exchange = None
+            conn.reject(Reply(504, "5.5.4", "Unrecognized authentication type"),
+                        count_error=True)
+            return
+        if initial is None:
+            await self._auth_step(None)
+            return
+        await self._auth_step(b"" if initial == "" else _b64decode(initial))
+
+    async def _auth_response(self, line: str) -> None:
+        conn = self.conn
+        assert conn is not None
+        exchange, success = self._exchange, self._success
+        if line == "*":
+            # RFC 4954 §4: the client cancelled; 501.
+            self._exchange = self._success = None
+            if exchange is not None:
+                exchange.cancel()
+            conn.reject(Reply(501, "5.7.0", "Authentication cancelled"))
+            return
+        data = _b64decode(line)
+        if success is not None:
+            # RFC 4954 §4: after "additional data with success" sent as a 334 challenge,
+            # the client answers with an empty line and then gets 235.
+            self._success = None
+            self._auth_outcome(success if data == b"" else
+                               SaslStep("failure", reason="malformed"))
+            return
+        if exchange is None:
+            conn.reject(Reply(503, "5.5.1", "No authentication in progress"))
+            return
+        if data is None:
+            self._exchange = None
+            conn.reject(Reply(501, "5.5.2", "Cannot decode response"), count_error=True)
+            return
+        await self._auth_step(data)
+
+    async def _auth_step(self, response: bytes | None) -> None:
+        conn = self.conn
+        assert conn is not None and self._exchange is not None
+        try:
+            step = await self._exchange.step(response)
+        except Exception:
+            logger.exception("SASL exchange failed", extra={"client": self.info.client_ip})
+            step = SaslStep("failure", reason="unavailable")
+        if step.kind == "challenge":
+            conn.auth_challenge(base64.b64encode(step.data).decode())
+            return
+        self._exchange = None
+        if step.kind == "success" and step.data:
+            self._success = step
+            conn.auth_challenge(base64.b64encode(step.data).decode())
+            return
+        self._auth_outcome(step)
+
+    def _auth_outcome(self, step: SaslStep) -> None:
+        conn = self.conn
+        assert conn is not None
+        if step.kind == "success" and step.account:
+            self.account = step.account
+            self.info.authenticated = step.account
+            self.info.protocol = "ESMTPSA" if self.info.tls else "ESMTPA"
+            conn.accept(Reply(235, "2.7.0", "Authentication successful"))
+            return
+        if step.reason in ("throttled", "unavailable"):
+            conn.reject(Reply(454, "4.7.0", step.message or "Temporary authentication failure"))
+        elif step.reason == "malformed":
+            conn.reject(Reply(501, "5.5.2", step.message or "Malformed authentication data"),
+                        count_error=True)
+        else:
+            conn.reject(Reply(535, "5.7.8", "Authentication credentials invalid"),
+                        count_error=True)
+
+
+def _b64decode(text: str) -> bytes | None:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 class SMTPListener(SessionListener):

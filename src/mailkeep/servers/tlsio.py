@@ -430,7 +430,11 @@ class _TLSLayer(asyncio.Protocol):
         # reset the connection under our last data; never longer than SHUTDOWN_TIMEOUT.
         self._raw.resume_reading()
         if self._raw.can_write_eof():
-            self._raw.write_eof()
+            try:
+                self._raw.write_eof()
+            except OSError:  # the peer is already gone (ENOTCONN): nothing left to say
+                self._raw.abort()
+                return
         self._timer = self._loop.call_later(SHUTDOWN_TIMEOUT, self._raw.abort)
         self._drain_for_close()
 

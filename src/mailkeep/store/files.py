@@ -28,18 +28,13 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mailkeep.durable import fsync_dir
+from mailkeep.durable import copy_fd, fsync_dir
 from mailkeep.store.api import MessageTooLarge
 
 logger = logging.getLogger("mailkeep.store")
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
-_COPY_CHUNK = 1 << 20
-# copy_file_range/sendfile are not available for every pair of files (old kernels across
-# filesystems, some FUSE and network filesystems); these errors mean "use read/write".
-_NO_FAST_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF,
-                 errno.ENOTSUP}
 
 
 class WriterToken:
@@ -185,7 +180,7 @@ def write_message_file(path: str | os.PathLike[str], prefix: bytes,
             size = total
         else:
             _write_parts(fd, prefix)
-            size = len(prefix) + _copy_fd(src_fd, fd, total - len(prefix))
+            size = len(prefix) + copy_fd(src_fd, fd, total - len(prefix))
         if before_sync is not None:
             if sync and _sync_file_range is not None:
                 # Start the write-out now (SYNC_FILE_RANGE_WRITE: initiate, do not wait);
@@ -255,13 +250,6 @@ def sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 def _write_parts(fd: int, *parts: bytes | bytearray | memoryview) -> None:
     """Write every part, in one writev(2) when the kernel takes it all (the usual case)."""
     views = [memoryview(p) for p in parts if len(p)]
@@ -271,38 +259,6 @@ def _write_parts(fd: int, *parts: bytes | bytearray | memoryview) -> None:
             written -= len(views.pop(0))
         if written:
             views[0] = views[0][written:]
-
-
-def _copy_fd(src: int, dst: int, size: int) -> int:
-    """Copy ``size`` bytes (fewer if the source is shorter); returns the count copied."""
-    copied = 0
-    try:
-        while copied < size:
-            n = os.copy_file_range(src, dst, min(size - copied, _COPY_CHUNK * 16))
-            if n == 0:
-                return copied
-            copied += n
-        return copied
-    except OSError as exc:
-        if exc.errno not in _NO_FAST_COPY or copied:
-            raise
-    try:
-        while copied < size:
-            n = os.sendfile(dst, src, None, min(size - copied, _COPY_CHUNK * 16))
-            if n == 0:
-                return copied
-            copied += n
-        return copied
-    except OSError as exc:
-        if exc.errno not in _NO_FAST_COPY or copied:
-            raise
-    while copied < size:
-        chunk = os.read(src, min(size - copied, _COPY_CHUNK))
-        if not chunk:
-            return copied
-        _write_all(dst, chunk)
-        copied += len(chunk)
-    return copied
 
 
 def remove_orphans(accounts_dir: Path, prefix: str,

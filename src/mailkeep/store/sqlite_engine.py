@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from mailkeep.durable import fsync_dir
+from mailkeep.sqlite_schema import connect, init_schema
 from mailkeep.store import files as msgfiles
 from mailkeep.store.api import (
     DEFAULT_MAILBOXES,
@@ -328,15 +329,7 @@ class SQLiteStore:
     # -- connections -----------------------------------------------------------------
 
     def _connect(self, *, readonly: bool = False) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_SECONDS,
-                               isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA foreign_keys=ON")
-        # FULL: in WAL mode the WAL is fsync'd at every commit, so a commit that returned
-        # survives power loss (NORMAL would only protect against process crashes).
-        conn.execute("PRAGMA synchronous=FULL")
-        if readonly:
-            conn.execute("PRAGMA query_only=ON")
-        return conn
+        return connect(self.db_path, BUSY_TIMEOUT_SECONDS, readonly=readonly)
 
     def _reader(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -352,25 +345,7 @@ class SQLiteStore:
         return conn
 
     def _init_schema(self) -> None:
-        conn = self._writer
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise StoreError(f"cannot put the store database in WAL mode (got {mode})")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
-                raise StoreError(f"the store was written by a newer Mailkeep (schema {version},"
-                                 f" this version reads {SCHEMA_VERSION}); upgrade Mailkeep")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        init_schema(self._writer, SCHEMA, SCHEMA_VERSION, what="store", error=StoreError)
 
     # -- recovery --------------------------------------------------------------------
 
