@@ -186,6 +186,27 @@ def test_port_25_never_offers_auth(mk: RunningServer) -> None:
         client.close()
 
 
+def test_requiretls_is_offered_after_tls_and_recorded(mk: RunningServer) -> None:
+    client = _client(mk)
+    try:
+        client.ehlo("client.test")
+        assert client.has_extn("requiretls")
+        code, _ = client.docmd("MAIL", "FROM:<demo@example.test> REQUIRETLS")
+        assert code == 250
+        client.docmd("RCPT", "TO:<strict@later.test>")
+        code, _ = client.data(_message("demo@example.test", "strict@later.test", "strict"))
+        assert code == 250
+    finally:
+        client.quit()
+    shown = _wait_for(lambda: (lambda out: out if "strict@later.test" in out else None)(
+        mk.cli("queue", "list").stdout), what="the REQUIRETLS message in the queue")
+    block = next(b for b in shown.split("\n\n") if "strict@later.test" in b)
+    queue_id = next(line.split()[0].rstrip("!*") for line in block.splitlines()
+                    if line[:1].isalnum() and "demo@example.test" in line)
+    details = mk.cli("queue", "show", queue_id).stdout
+    assert "REQUIRETLS" in details.upper()
+
+
 def test_wrong_password_is_535(mk: RunningServer) -> None:
     client = smtplib.SMTP("127.0.0.1", mk.submission_port, timeout=20)
     try:

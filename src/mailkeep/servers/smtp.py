@@ -194,10 +194,12 @@ class SMTPSession(asyncio.Protocol):
         # implicit TLS, or loopback when the policy trusts it).
         mechanisms = tuple(self.ctx.authenticator.mechanisms(self.client_info())
                            if self.client_info().secured else ())
+        # REQUIRETLS (RFC 8689): the queue honours it (verified TLS or a bounce), so
+        # submission offers it; the core advertises it only under TLS.
         return replace(config, auth_mechanisms=mechanisms,
                        tls_active=tls_active or config.tls_active,
                        starttls_available=config.starttls_available and not tls_active,
-                       bare_newlines="normalize")
+                       bare_newlines="normalize", requiretls=True)
 
     def _release(self) -> None:
         """Give back this connection's slots; safe to call more than once."""
