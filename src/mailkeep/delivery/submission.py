@@ -174,7 +174,7 @@ class Submission:
         self.rates = rates or RateLimiter()
         self.policy = SenderPolicy(config, pipeline.resolver)
         self._remove = frozenset(name.lower() for name in config.submission.remove_headers)
-        self._wake = wake             # called after mail was queued (the scheduler's wake)
+        self._wake = wake             # called with the ids of mail just queued
 
     # -- MAIL FROM -----------------------------------------------------------------------
 
@@ -291,8 +291,11 @@ class Submission:
             domain = signing_domain(fixed)
             loop = asyncio.get_running_loop()
             try:
-                signature, selectors = await loop.run_in_executor(
-                    None, self._sign, fixed.header, content, header_len, domain)
+                signature, selectors = b"", ()
+                if self.dkim is not None and domain is not None and \
+                        self.dkim.signing_keys(domain):
+                    signature, selectors = await loop.run_in_executor(
+                        None, self._sign, fixed.header, content, header_len, domain)
             except DkimKeyError as exc:
                 # A damaged key file: the operator must fix it; the client retries.
                 log(logger, "dkim keys unusable", logging.ERROR, id=request.msg_id,
@@ -357,5 +360,5 @@ class Submission:
             log(logger, "queue failed", logging.ERROR, id=request.msg_id, error=repr(exc))
             return [QUEUE_FAILED] * len(recipients)
         if self._wake is not None and not held:
-            self._wake()
+            self._wake([request.msg_id])
         return [Reply(250, "2.0.0", "queued")] * len(recipients)

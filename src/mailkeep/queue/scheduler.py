@@ -92,6 +92,17 @@ class Router:
         return Route("relay", f"relay:{target}", self.delivery.relays[target])
 
 
+def _may_need_notice(entry: Any, outcomes: list) -> bool:
+    """Whether an attempt can call for a DSN at all: a failure, or a delivery to a
+    recipient who asked for success notices (NOTIFY=SUCCESS)."""
+    if not entry.sender or entry.kind != "normal":
+        return False
+    if any(o.status == "failed" for o in outcomes):
+        return True
+    asked = {r.address for r in entry.recipients if r.notify and "SUCCESS" in r.notify}
+    return any(o.status == "delivered" and o.address in asked for o in outcomes)
+
+
 def describe(reply: Any) -> str:
     """A reply on one line, as mailq and DSNs show it: "550 5.1.1 User unknown"."""
     return " ".join(part for part in (str(reply.code), reply.enhanced or "",
@@ -174,6 +185,7 @@ class Scheduler:
         self.data_dir = data_dir
         self._event = asyncio.Event()
         self._active: set[str] = set()
+        self._backlog = False      # due mail was left for lack of room: rescan when a slot frees
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._pool = ConnectionPool()
@@ -217,7 +229,26 @@ class Scheduler:
     # -- the loop --------------------------------------------------------------------------
 
     def wake(self) -> None:
+        """Scan the queue soon (the CLI changed it, a DSN was queued)."""
         self._event.set()
+
+    def notify_new(self, queue_ids: list[str]) -> None:
+        """Mail was just queued: start on it at once, without scanning the whole queue
+        (a scan reads every due entry, those in flight too; per message that would cost
+        more the busier the queue is)."""
+        for queue_id in queue_ids:
+            if queue_id in self._active or self._stopping:
+                continue
+            if len(self._active) >= self._max_active():
+                self._backlog = True
+                self._event.set()
+                return
+            entry = self.queue.get(queue_id)
+            if entry is not None and not entry.hold and entry.next_attempt <= self.clock():
+                self._start(entry)
+
+    def _max_active(self) -> int:
+        return self.config.queue.max_concurrency * 4
 
     async def run(self) -> None:
         while not self._stopping:
@@ -238,24 +269,36 @@ class Scheduler:
                 await asyncio.wait_for(self._event.wait(), max(0.05, timeout))
 
     def _start_due(self) -> None:
-        room = self.config.queue.max_concurrency * 4 - len(self._active)
+        self._backlog = False
+        room = self._max_active() - len(self._active)
         if room <= 0:
+            self._backlog = True
             return
-        entries = self.queue.due(self.clock(), len(self._active) + min(room, SCAN_BATCH))
+        batch = min(room, SCAN_BATCH)
+        entries = self.queue.due(self.clock(), len(self._active) + batch)
+        started = 0
         for entry in entries:
             if entry.queue_id in self._active:
                 continue
-            self._active.add(entry.queue_id)
-            task = asyncio.get_running_loop().create_task(self._attempt(entry))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-            room -= 1
-            if room <= 0:
+            if started >= room:
+                self._backlog = True
                 break
+            self._start(entry)
+            started += 1
+        else:
+            # A full batch may hide more due mail behind it: look again when there is room.
+            self._backlog = len(entries) >= len(self._active) + batch
+
+    def _start(self, entry: Any) -> None:
+        self._active.add(entry.queue_id)
+        task = asyncio.get_running_loop().create_task(self._attempt(entry))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        self._event.set()
+        if self._backlog:
+            self._event.set()
 
     async def stop(self) -> None:
         """Stop starting attempts; let those in flight finish (bounded), close connections."""
@@ -326,11 +369,13 @@ class Scheduler:
         # exists, and queued in the same transaction as the outcomes: a crash can neither
         # lose a bounce nor send it twice.
         path = self.queue.message_path(entry.queue_id)
-        notices = await asyncio.to_thread(
-            dsn.notices_for_attempt, entry, apply_outcomes(entry, final),
-            reporting_mta=self.config.hostname, original=path,
-            postmaster=self.config.postmaster, now=now,
-            max_original=qcfg.max_bounce_size, new_id=new_message_id)
+        notices = []
+        if _may_need_notice(entry, final):
+            notices = await asyncio.to_thread(
+                dsn.notices_for_attempt, entry, apply_outcomes(entry, final),
+                reporting_mta=self.config.hostname, original=path,
+                postmaster=self.config.postmaster, now=now,
+                max_original=qcfg.max_bounce_size, new_id=new_message_id)
         updated = await self.queue.record_attempt(entry.queue_id, final, next_attempt,
                                                   errors[0] if errors else None,
                                                   notices=notices)

@@ -200,7 +200,7 @@ class Server:
         """The submission service for a config snapshot (587/465 and the sendmail pickup)."""
         return Submission(config, pipeline, self.queue, spool_dir=self.spool_dir(config),
                           dkim=self.dkim, rates=self.rates,
-                          wake=self.scheduler.wake if self.scheduler else None)
+                          wake=self.scheduler.notify_new if self.scheduler else None)
 
     def _receiver_context(self, config: Config, pipeline: Pipeline, listener) -> ReceiverContext:
         lmtp = listener.protocol == "lmtp"
