@@ -6,6 +6,7 @@ import asyncio
 import email
 import email.policy
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from tests.support.procs import free_port
@@ -135,3 +136,31 @@ def test_permanent_refusal_fails_at_once(tmp_path: Path) -> None:
             assert "Status: 5.3.0" in text and "Remote-MTA: dns; 127.0.0.1" in text
             queue.close()
         asyncio.run(main())
+
+
+def test_delay_warning_is_sent_once(tmp_path: Path) -> None:
+    async def main() -> None:
+        hours = lambda: time.time() + 5 * 3600  # noqa: E731  (five hours from now)
+        scheduler, queue = _scheduler(tmp_path, free_port(), hours)
+        scheduler.config = replace(scheduler.config, queue=replace(
+            scheduler.config.queue, delay_warning_time=4 * 3600))
+        await queue.enqueue([NewMessage(queue_id="DELAY000001", sender="sender@elsewhere.test",
+                                        recipients=[QueuedRecipient("a@dest.test")],
+                                        prefix=b"", source=MESSAGE)])
+        await _run_until(scheduler, lambda: queue.get("DELAY000001").warned)
+        entry = queue.get("DELAY000001")
+        assert entry.recipients[0].status == "pending", "a warning, not a bounce"
+        notices = [e for e in queue.list() if e.kind == "delay"]
+        assert len(notices) == 1 and notices[0].sender == ""
+        text = queue.message_path(notices[0].queue_id).read_text()
+        assert "Action: delayed" in text and "Will-Retry-Until:" in text
+        queue.close()
+        # A second attempt (a restarted server) does not warn again.
+        scheduler, queue = _scheduler(tmp_path, free_port(), hours)
+        scheduler.config = replace(scheduler.config, queue=replace(
+            scheduler.config.queue, delay_warning_time=4 * 3600))
+        queue.retry(["DELAY000001"])
+        await _run_until(scheduler, lambda: queue.get("DELAY000001").attempts >= 2)
+        assert len([e for e in queue.list() if e.kind == "delay"]) == 1
+        queue.close()
+    asyncio.run(main())
