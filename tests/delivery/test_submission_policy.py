@@ -238,3 +238,45 @@ def test_router(config) -> None:
 
 def test_backoff_doubles_up_to_the_maximum() -> None:
     assert [backoff(n, 300, 4000) for n in range(1, 7)] == [300, 600, 1200, 2400, 4000, 4000]
+
+
+def test_a_spooled_message_is_rewritten_signed_and_queued_whole(tmp_path: Path) -> None:
+    """A message too large for memory (a spool file) keeps its body byte for byte, gets the
+    fix-ups and a DKIM signature that verifies, and reaches the queue."""
+    import asyncio
+
+    import dkim as dkimpy
+    from mailkeep.delivery.pipeline import AcceptedRecipient, Envelope, SessionInfo
+    from mailkeep.delivery.submission import SubmitRequest
+    from mailkeep.dkim.keys import DkimKeys
+    from mailkeep.queue.store import QueueStore
+
+    config = parse_config_text(CONFIG, "test.toml")
+    keys = DkimKeys(tmp_path / "dkim")
+    keys.keygen("example.com")
+    records = {f"{name}.".encode(): txt.encode() for name, txt in keys.dns_records("example.com")}
+    queue = QueueStore(tmp_path / "queue")
+    sub = Submission(config, Pipeline(config, store=None), queue, spool_dir=tmp_path,
+                     dkim=keys)
+    body = b"".join(b"line %d of a big message, with  two spaces \r\n" % n
+                    for n in range(60_000))
+    spool = tmp_path / "in-spool"
+    spool.write_bytes(MESSAGE.split(b"\r\n\r\n")[0] + b"\r\n\r\n" + body)
+    envelope = Envelope(sender=parse_address("me@example.com"),
+                        recipients=[AcceptedRecipient(parse_address("you@elsewhere.test"), ())])
+    reply = asyncio.run(sub.submit(SubmitRequest(
+        session=SessionInfo(client_ip="192.0.2.9", tls="TLSv1.3"), account="me@example.com",
+        envelope=envelope, source=spool, size=spool.stat().st_size, msg_id="BIG0000001")))
+    assert reply.code == 250, reply
+    queued = queue.message_path("BIG0000001").read_bytes()
+    assert queued.endswith(body)
+    head = queued[:len(queued) - len(body)]
+    assert b"192.0.2.9" not in head and b"X-Mailer" not in head
+    assert head.count(b"DKIM-Signature:") == 2
+    verifier = dkimpy.DKIM(queued)
+    assert all(verifier.verify(idx=i, dnsfunc=lambda name, timeout=5: records.get(name))
+               for i in range(2))
+    assert queue.get("BIG0000001").dkim_selectors == tuple(
+        f"example.com:{s.name}" for s in keys.active("example.com"))
+    assert list(tmp_path.glob("sub-*")) == [], "the rewritten copy is removed"
+    queue.close()
