@@ -1,0 +1,2 @@
+"""Inbound sender authentication: SPF, DKIM verification, DMARC, ARC, iprev and the
+Authentication-Results header."""
