@@ -617,7 +617,7 @@ class _LineEnds:
 BodySpec = tuple[str, str, int | None]  # (canonicalization, hash name, l=)
 
 
-def _hash_body(chunks: Iterable[bytes], specs: Iterable[BodySpec]) -> dict[BodySpec, tuple[bytes, int]]:
+def hash_body(chunks: Iterable[bytes], specs: Iterable[BodySpec]) -> dict[BodySpec, tuple[bytes, int]]:
     """``{spec: (digest, canonical body length)}`` for every spec, in one pass."""
     counters: dict[BodySpec, _CountedHash] = {}
     hashers: dict[BodySpec, Any] = {}
@@ -643,7 +643,7 @@ def _hash_body(chunks: Iterable[bytes], specs: Iterable[BodySpec]) -> dict[BodyS
 # -- the message -------------------------------------------------------------------------
 
 
-class _MessageError(Exception):
+class MessageError(Exception):
     def __init__(self, result: DkimStatus, reason: str):
         super().__init__(reason)
         self.result = result
@@ -651,7 +651,7 @@ class _MessageError(Exception):
 
 
 @dataclass
-class _Message:
+class LoadedMessage:
     header_block: bytes
     body_start: int
     size: int
@@ -671,13 +671,13 @@ class _Message:
                 yield chunk
 
 
-def _load_message(message: bytes | Path, limits: DkimLimits) -> _Message:
+def load_message(message: bytes | Path, limits: DkimLimits) -> LoadedMessage:
     """The header block and where the body is; never more than the header in memory."""
     too_large = f"message larger than {limits.max_message_bytes} bytes: not verified"
     if isinstance(message, (bytes, bytearray, memoryview)):
         data = bytes(message)
         if len(data) > limits.max_message_bytes:
-            raise _MessageError(DkimStatus.NONE, too_large)
+            raise MessageError(DkimStatus.NONE, too_large)
         head, size, path = data, len(data), None
     else:
         path = Path(message)
@@ -686,18 +686,18 @@ def _load_message(message: bytes | Path, limits: DkimLimits) -> _Message:
             with open(path, "rb") as handle:
                 size = os.fstat(handle.fileno()).st_size
                 if size > limits.max_message_bytes:
-                    raise _MessageError(DkimStatus.NONE, too_large)
+                    raise MessageError(DkimStatus.NONE, too_large)
                 # Two bytes more than the limit: enough to see a blank line right at it.
                 head = handle.read(limits.max_header_bytes + 2)
         except OSError as exc:
-            raise _MessageError(DkimStatus.TEMPERROR,
+            raise MessageError(DkimStatus.TEMPERROR,
                                 f"cannot read the message: {exc.strerror or exc}") from None
     fields_end, body_start, truncated = find_header_end(head, 0, len(head),
                                                         limits.max_header_bytes)
     if truncated or fields_end > limits.max_header_bytes:
-        raise _MessageError(DkimStatus.NONE, f"header larger than {limits.max_header_bytes} "
+        raise MessageError(DkimStatus.NONE, f"header larger than {limits.max_header_bytes} "
                                              "bytes: not verified")
-    return _Message(head[:fields_end], body_start, size, data=data, path=path)
+    return LoadedMessage(head[:fields_end], body_start, size, data=data, path=path)
 
 
 def _header_fields(header_block: bytes) -> list[list[bytes]]:
@@ -787,7 +787,7 @@ def _verify_header_signature(headers: list[list[bytes]], sig: _Signature,
                                     dnsfunc))
 
 
-def _verify_all(message: _Message, headers: list[list[bytes]], chosen: list[_Signature],
+def _verify_all(message: LoadedMessage, headers: list[list[bytes]], chosen: list[_Signature],
                 keys: dict[str, _KeyLookup], limits: DkimLimits,
                 prefixes: dict[int, str]) -> list[DkimResult]:
     """The CPU part: body hashes and signature checks (run in a thread for big mail)."""
@@ -811,7 +811,7 @@ def _verify_all(message: _Message, headers: list[list[bytes]], chosen: list[_Sig
         usable.append((sig, lookup.record, bits))
     if usable:
         try:
-            bodies = _hash_body(message.body_chunks(), {s.body_spec for s, _r, _b in usable})
+            bodies = hash_body(message.body_chunks(), {s.body_spec for s, _r, _b in usable})
         except OSError as exc:
             reason = f"cannot read the message body: {exc.strerror or exc}"
             for sig, _record, _bits in usable:
@@ -877,8 +877,8 @@ async def verify_dkim(message: bytes | Path, *, resolver: dns.asyncresolver.Reso
     """
     moment = int(time.time() if now is None else now)
     try:
-        loaded = _load_message(message, limits)
-    except _MessageError as exc:
+        loaded = load_message(message, limits)
+    except MessageError as exc:
         return [DkimResult(result=exc.result, reason=exc.reason)]
     try:
         headers = _header_fields(loaded.header_block)
