@@ -17,6 +17,7 @@ import asyncio
 import os
 import re
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,7 +233,11 @@ async def test_relayhost_scram_over_starttls_and_exact_content(tmp_path, pki, po
     await session.quit()
     assert {r.code for r in result.recipients.values()} == {250}
     assert delivered_body(postfix, marker) == normalized_lf(body).partition(b"\n\n")[2]
-    log = postfix.log_text()
+    # smtpd writes its "disconnect ... bdat=N" line after our QUIT: wait for it.
+    deadline = time.monotonic() + 10
+    while not re.search(r" bdat=[2-9] ", log := postfix.log_text()) and \
+            time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
     assert "sasl_method=SCRAM-SHA-256, sasl_username=relay@example.test" in log
     assert re.search(r" bdat=[2-9] ", log), "the content should have gone in BDAT chunks"
 

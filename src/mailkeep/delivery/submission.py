@@ -65,6 +65,13 @@ EIGHT_BIT_REFUSED = Reply(554, "5.6.1", "Message contains 8-bit data; declare BO
 DEFAULT_BLOCK_TEXT = "This account is not allowed to send mail"
 #: Submitted messages up to this size are rewritten in memory, larger ones in a spool file.
 MEMORY_REWRITE_LIMIT = 1 << 20
+#: Seconds a domain's signing keys are reused before the key directory is looked at again:
+#: a key created or rotated by ``mailkeep dkim`` signs mail submitted at most this much
+#: later (an old selector stays published while queued mail names it). Looking every time
+#: would cost a system call per message in the event loop.
+DKIM_KEYS_RECHECK_SECONDS = 1.0
+#: Domains whose signing keys are remembered (From: domains an account may use).
+MAX_REMEMBERED_DKIM_DOMAINS = 1000
 
 
 def remote_recipient(address: Address) -> AcceptedRecipient:
@@ -174,7 +181,8 @@ class Submission:
         self.rates = rates or RateLimiter()
         self.policy = SenderPolicy(config, pipeline.resolver)
         self._remove = frozenset(name.lower() for name in config.submission.remove_headers)
-        self._wake = wake             # called with the ids of mail just queued
+        self._wake = wake             # called with the entries just queued
+        self._dkim_seen: dict[str, tuple[float, list]] = {}
 
     # -- MAIL FROM -----------------------------------------------------------------------
 
@@ -252,13 +260,22 @@ class Submission:
             raise
         return Path(name)
 
-    def _sign(self, header: bytes, content: bytes | Path, body_offset: int,
-              domain: str | None) -> tuple[bytes, tuple[str, ...]]:
-        if self.dkim is None or domain is None:
-            return b"", ()
+    def _signing_keys(self, domain: str) -> list:
+        """``DkimKeys.signing_keys``, looked up again only every
+        ``DKIM_KEYS_RECHECK_SECONDS``. Raises DkimKeyError."""
+        now = time.monotonic()
+        seen = self._dkim_seen.get(domain)
+        if seen is not None and now - seen[0] < DKIM_KEYS_RECHECK_SECONDS:
+            return seen[1]
         keys = self.dkim.signing_keys(domain)
-        if not keys:
-            return b"", ()
+        if len(self._dkim_seen) >= MAX_REMEMBERED_DKIM_DOMAINS:
+            self._dkim_seen.clear()
+        self._dkim_seen[domain] = (now, keys)
+        return keys
+
+    @staticmethod
+    def _sign(header: bytes, content: bytes | Path, body_offset: int,
+              keys: list) -> tuple[bytes, tuple[str, ...]]:
         signature = sign_message(header, content, body_offset, keys, domain=keys[0].domain)
         return signature, tuple(f"{key.domain}:{key.selector}" for key in keys)
 
@@ -285,17 +302,23 @@ class Submission:
         if account is not None:
             acct = self.config.accounts.get(account)
             held = acct is not None and acct.send == "hold"
-        content = self._rewrite(fixed.header, request.source, fixed.body_offset)
+        if isinstance(request.source, Path):
+            # A spooled (large) message is copied in a thread: the loop serves others.
+            content = await asyncio.to_thread(self._rewrite, fixed.header, request.source,
+                                              fixed.body_offset)
+        else:
+            content = self._rewrite(fixed.header, request.source, fixed.body_offset)
         try:
             header_len = len(fixed.header)
             domain = signing_domain(fixed)
             loop = asyncio.get_running_loop()
             try:
                 signature, selectors = b"", ()
-                if self.dkim is not None and domain is not None and \
-                        self.dkim.signing_keys(domain):
+                keys = (self._signing_keys(domain) if self.dkim is not None
+                        and domain is not None else [])
+                if keys:
                     signature, selectors = await loop.run_in_executor(
-                        None, self._sign, fixed.header, content, header_len, domain)
+                        None, self._sign, fixed.header, content, header_len, keys)
             except DkimKeyError as exc:
                 # A damaged key file: the operator must fix it; the client retries.
                 log(logger, "dkim keys unusable", logging.ERROR, id=request.msg_id,
@@ -319,7 +342,8 @@ class Submission:
                                                   received=prefix))
             if remote:
                 jobs.append(self._enqueue(request, remote, prefix, content, selectors, held))
-            results = await asyncio.gather(*jobs)
+            # Only local or only remote recipients (the usual case): no task of its own.
+            results = [await jobs[0]] if len(jobs) == 1 else await asyncio.gather(*jobs)
         finally:
             if isinstance(content, Path):
                 content.unlink(missing_ok=True)
@@ -355,10 +379,10 @@ class Submission:
             requiretls=getattr(envelope, "requiretls", False), account=request.account,
             dkim_selectors=selectors, hold=held)
         try:
-            await self.queue.enqueue([message])
+            queued = await self.queue.enqueue([message])
         except Exception as exc:
-            log(logger, "queue failed", logging.ERROR, id=request.msg_id, error=repr(exc))
+            log(logger, "queue failed", logging.ERROR, id=request.msg_id, error=str(exc))
             return [QUEUE_FAILED] * len(recipients)
         if self._wake is not None and not held:
-            self._wake([request.msg_id])
+            self._wake(queued)
         return [Reply(250, "2.0.0", "queued")] * len(recipients)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import ipaddress
 import logging
 import os
@@ -153,7 +154,11 @@ class OutboundRecipient:
 
 @dataclass(frozen=True)
 class OutboundMessage:
-    """One message to send: the envelope and the queue file holding the content."""
+    """One message to send: the envelope and the queue file holding the content.
+
+    ``content``: the file's bytes when the caller still has them in memory (a message
+    just queued); sent from there, without reading the file back.
+    """
 
     sender: str                                  # "" for the null sender
     recipients: tuple[OutboundRecipient, ...]
@@ -164,6 +169,7 @@ class OutboundMessage:
     smtputf8: bool = False
     body_type: str | None = None                 # None/"7BIT" | "8BITMIME" | "BINARYMIME"
     requiretls: bool = False
+    content: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -333,6 +339,7 @@ class _ClientProtocol(asyncio.Protocol):
     def __init__(self, limits: ClientLimits) -> None:
         self.reader = ReplyReader(limits)
         self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop  # set in connection_made
         self.lost = False
         self.eof = False
         self._reply_waiter: asyncio.Future[None] | None = None
@@ -346,6 +353,9 @@ class _ClientProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # Looked up once: asyncio.get_running_loop() costs a getpid() system call on
+        # Python 3.11, and a reply is waited for several times per message.
+        self._loop = asyncio.get_running_loop()
 
     def data_received(self, data: bytes) -> None:
         self.reader.receive_data(data)
@@ -394,7 +404,7 @@ class _ClientProtocol(asyncio.Protocol):
                 self.transport.resume_reading()
             if self.lost or self.eof:
                 raise ConnectionResetError("the server closed the connection")
-            self._reply_waiter = asyncio.get_running_loop().create_future()
+            self._reply_waiter = self._loop.create_future()
             try:
                 await self._reply_waiter
             finally:
@@ -402,7 +412,7 @@ class _ClientProtocol(asyncio.Protocol):
 
     async def drain(self) -> None:
         while self._write_paused and not self.lost:
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = self._loop.create_future()
             self._drain_waiters.append(waiter)
             await waiter
         if self.lost:
@@ -678,7 +688,8 @@ class ClientSession:
         if not plan.recipients:
             return SendResult(results, None)
         try:
-            file = open(message.path, "rb")
+            file: BinaryIO = (io.BytesIO(message.content) if message.content is not None
+                              else open(message.path, "rb"))
         except OSError as exc:
             raise MessageFileError(message.path, exc) from None
         try:
@@ -785,10 +796,14 @@ class ClientSession:
 
     async def _send_data(self, file: BinaryIO, path: Path) -> Reply:
         encoder = BodyEncoder(dot_stuff=True)
+        # Each piece is written once the next one is read, so that the last one goes
+        # out with the end of data: a message of one piece costs one write.
+        pending = encoder.encode(self._read_piece(file, path))
         while piece := self._read_piece(file, path):
-            self._write(encoder.encode(piece))
+            self._write(pending)
             await self._drain("DATA")
-        self._write(encoder.finish())
+            pending = encoder.encode(piece)
+        self._write(pending + encoder.finish())
         await self._drain("DATA")
         return await self._read(self._timeouts.data_done, "data", "end of data")
 
@@ -876,6 +891,9 @@ class ClientSession:
         transport.write(data)
 
     async def _drain(self, what: str) -> None:
+        protocol = self._protocol
+        if not protocol._write_paused and not protocol.lost:
+            return  # nothing to wait for: no timer to set up
         try:
             async with asyncio.timeout(self._timeouts.data_block):
                 await self._protocol.drain()
@@ -891,6 +909,14 @@ class ClientSession:
         return await self._read(timeout, stage, what)
 
     async def _read(self, timeout: float, stage: Stage, what: str) -> Reply:
+        # Pipelined replies mostly arrive together: those already here need no timer.
+        try:
+            reply = self._protocol.reader.next_reply()
+        except ReplyError as exc:
+            raise _stream_failure(f"{self.peer} sent an invalid reply to {what}: {exc}",
+                                  stage=stage) from None
+        if reply is not None:
+            return reply
         try:
             async with asyncio.timeout(timeout):
                 return await self._protocol.next_reply()

@@ -47,7 +47,7 @@ from mailkeep.delivery.pipeline import (
 )
 from mailkeep.logfmt import log
 from mailkeep.queue import dsn
-from mailkeep.queue.store import RecipientOutcome, apply_outcomes
+from mailkeep.queue.store import QueueEntry, RecipientOutcome, apply_outcomes
 from mailkeep.smtp.address import AddressError, parse_address
 
 logger = logging.getLogger("mailkeep.queue")
@@ -202,6 +202,7 @@ class Scheduler:
         self.config = config
         self.pipeline = pipeline
         self.router = Router(config, pipeline)
+        self._relay_plans: dict[str, list[dict]] = {}
         self._global = asyncio.Semaphore(config.queue.max_concurrency)
         self._dest_limits.clear()
         self._dns = None
@@ -232,19 +233,18 @@ class Scheduler:
         """Scan the queue soon (the CLI changed it, a DSN was queued)."""
         self._event.set()
 
-    def notify_new(self, queue_ids: list[str]) -> None:
-        """Mail was just queued: start on it at once, without scanning the whole queue
-        (a scan reads every due entry, those in flight too; per message that would cost
-        more the busier the queue is)."""
-        for queue_id in queue_ids:
-            if queue_id in self._active or self._stopping:
+    def notify_new(self, entries: list[QueueEntry]) -> None:
+        """Mail was just queued (``QueueStore.enqueue`` returned these entries): start on
+        it at once, without reading the queue again (a scan reads every due entry, those
+        in flight too; per message that would cost more the busier the queue is)."""
+        for entry in entries:
+            if entry.queue_id in self._active or self._stopping:
                 continue
             if len(self._active) >= self._max_active():
                 self._backlog = True
                 self._event.set()
                 return
-            entry = self.queue.get(queue_id)
-            if entry is not None and not entry.hold and entry.next_attempt <= self.clock():
+            if not entry.hold and entry.next_attempt <= self.clock():
                 self._start(entry)
 
     def _max_active(self) -> int:
@@ -328,7 +328,10 @@ class Scheduler:
                 else:
                     jobs.append(self._deliver_remote(entry, route, rcpts))
             outcomes: list = []
-            for result in await asyncio.gather(*jobs, return_exceptions=True):
+            # One destination (the usual case) needs no task of its own.
+            results = ([await _result_or_error(jobs[0])] if len(jobs) == 1
+                       else await asyncio.gather(*jobs, return_exceptions=True))
+            for result in results:
                 if isinstance(result, BaseException):
                     logger.error("delivery attempt failed", exc_info=result)
                     continue
@@ -368,12 +371,12 @@ class Scheduler:
         # The DSNs this attempt calls for are built now, while the message file still
         # exists, and queued in the same transaction as the outcomes: a crash can neither
         # lose a bounce nor send it twice.
-        path = self.queue.message_path(entry.queue_id)
         notices = []
         if _may_need_notice(entry, final):
             notices = await asyncio.to_thread(
                 dsn.notices_for_attempt, entry, apply_outcomes(entry, final),
-                reporting_mta=self.config.hostname, original=path,
+                reporting_mta=self.config.hostname,
+                original=self.queue.message_path(entry.queue_id),
                 postmaster=self.config.postmaster, now=now,
                 max_original=qcfg.max_bounce_size, new_id=new_message_id)
         updated = await self.queue.record_attempt(entry.queue_id, final, next_attempt,
@@ -387,7 +390,8 @@ class Scheduler:
                 and not entry.warned and now - entry.created >= qcfg.delay_warning_time):
             warning = await asyncio.to_thread(
                 dsn.delay_notice, updated, reporting_mta=self.config.hostname,
-                original=path, retry_until=entry.created + lifetime,
+                original=self.queue.message_path(entry.queue_id),
+                retry_until=entry.created + lifetime,
                 postmaster=self.config.postmaster, now=now, new_id=new_message_id)
             await self.queue.mark_warned(entry.queue_id,
                                          notices=[warning] if warning else [])
@@ -456,6 +460,9 @@ class Scheduler:
         delivery = self.config.delivery
         ca = str(delivery.ca_file) if delivery.ca_file else None
         if route.kind == "relay":
+            cached = self._relay_plans.get(route.key)
+            if cached is not None:
+                return cached
             relay = route.relay
             creds = None
             if relay.username and relay.password_file:
@@ -469,8 +476,13 @@ class Scheduler:
             tls = TlsRequirement(level=level, verify_names=(relay.host,), ca_file=ca,
                                  implicit=relay.tls == "implicit")
             if not relay.mx_lookup:
-                return [{"host": relay.host, "port": relay.port, "address": None, "tls": tls,
-                         "credentials": creds, "policy": "relay"}]
+                plans = [{"host": relay.host, "port": relay.port, "address": None,
+                          "tls": tls, "credentials": creds, "policy": "relay"}]
+                if creds is None:
+                    # Nothing to read again (a password file may change): the same hosts
+                    # until the configuration does.
+                    self._relay_plans[route.key] = plans
+                return plans
             mx = await self._mx(relay.host)
             return [{"host": h.name, "port": relay.port, "address": a, "tls": tls,
                      "credentials": creds, "policy": "relay"}
@@ -570,7 +582,8 @@ class Scheduler:
                              for r in rcpts),
             path=self.queue.message_path(entry.queue_id), size=entry.size,
             envid=entry.envid, ret=entry.ret, smtputf8=entry.smtputf8,
-            body_type=entry.body_type, requiretls=entry.requiretls)
+            body_type=entry.body_type, requiretls=entry.requiretls,
+            content=entry.content)
         last_error = "no mail exchanger reachable"
         for plan in plans:
             try:
@@ -660,9 +673,8 @@ class Scheduler:
         return result
 
     def _keep(self, key: tuple, session: Any) -> None:
-        count = getattr(session, "_mk_sent", 0) + 1
-        session._mk_sent = count
-        if count >= self.config.queue.max_messages_per_connection or self._stopping:
+        if session.messages_sent >= self.config.queue.max_messages_per_connection \
+                or self._stopping:
             asyncio.get_running_loop().create_task(_quit(session))
         else:
             self._pool.give(key, session)
@@ -684,6 +696,15 @@ class _Temporary(Exception):
     def __init__(self, code: int | None, text: str) -> None:
         super().__init__(text)
         self.code, self.text = code, text
+
+
+async def _result_or_error(job: Any) -> Any:
+    """``await job``, an exception returned rather than raised (as gather's
+    ``return_exceptions``)."""
+    try:
+        return await job
+    except Exception as exc:
+        return exc
 
 
 def jitter(seconds: float) -> float:

@@ -5,21 +5,26 @@ Layout under ``data_dir/queue/`` (docs/queue.md):
 - ``queue.db``: SQLite in WAL mode with ``synchronous=FULL``; one row per message
   (envelope, DSN parameters of RFC 3461, retry state) and one per recipient.
 - ``messages/<queue-id>``: the exact bytes to send, CRLF line ends.
-- ``tmp/``: message files being written.
+- ``tmp/``: unused since message files are created in place; older versions wrote there,
+  and ``recover`` still clears what they left.
 - ``maildrop/``: the drop box of ``mailkeep sendmail`` (``maildrop.py``).
 
 Durability (Postfix's rule: the queue file is on disk before anyone says 250): ``enqueue``
 returns only once the message file is fsync'd, its directory entry is fsync'd and the rows
 are committed. Writes go through the store's group committer
 (``mailkeep.store.committer``), so N concurrent enqueues share one fsync of the messages
-directory and one of the WAL.
+directory and one of the WAL; the committer applies adjacent enqueues and attempt
+records with a few statements for all of them (``_apply_together``).
 
-A message file is written under ``tmp/`` while an exclusive ``flock`` is held on it, then
-hard-linked to ``messages/<id>`` (never replacing an existing file) and the lock is kept
-until the rows commit. That lets ``recover`` tell a crashed writer's leftovers (a file
-without a row that nobody holds locked: removed, so nothing half-written is ever sent)
-from another process's enqueue in progress (locked: left alone). The server and the CLI
-use the queue at the same time; SQLite's lock with a busy timeout orders their writes.
+A message file is created as ``messages/<id>`` (``O_EXCL``: never replacing a queued
+message's file) and locked at once with an exclusive ``flock``, kept until the rows
+commit. That lets ``recover`` tell a crashed writer's leftovers (a file without a row that
+nobody holds locked: removed, so nothing half-written is ever sent) from another
+process's enqueue in progress (locked: left alone). Between the creation and the lock,
+``recover`` in another process may take the new, empty file for a leftover and remove it;
+the writer then finds it unlinked and creates it again (``_create_locked``). The server
+and the CLI use the queue at the same time; SQLite's lock with a busy timeout orders their
+writes.
 
 Order of steps, so that a crash anywhere leaves nothing to send that was not acknowledged
 and loses nothing that was: file durable → rows committed → ``enqueue`` returns; and on
@@ -30,10 +35,10 @@ something outside Mailkeep removed it; ``recover`` reports that loudly and drops
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -55,6 +60,7 @@ from mailkeep.store.api import StoreError
 from mailkeep.store.committer import (
     GroupCommitter,
     LoopCompletion,
+    NotBulk,
     OpContext,
     Operation,
 )
@@ -66,8 +72,14 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_SECONDS = 60.0
 #: Most operations merged into one transaction.
 MAX_COMMIT_BATCH = 256
+#: Largest message whose bytes an entry just queued keeps in memory (``QueueEntry.content``).
+MEMORY_COPY_LIMIT = 64 * 1024
+#: Tries to create a message file that a concurrent recover() keeps removing.
+_CREATE_ATTEMPTS = 3
+#: Parameters in one statement: the lowest limit SQLite has ever had (32766 since 3.32).
+_MAX_PARAMETERS = 999
 #: Threads that write message files for ``enqueue`` (each blocks on its own fsync).
-ENQUEUE_WORKERS = 32
+ENQUEUE_WORKERS = 16
 #: A file left in tmp/ by a dead writer is removed once it is this old (seconds): a file
 #: created a moment ago may belong to a writer that has not locked it yet.
 TMP_GRACE_SECONDS = 10.0
@@ -209,6 +221,9 @@ class QueueEntry:
     next_attempt: float
     last_error: str | None
     warned: bool
+    #: The message file's bytes, only on an entry ``enqueue`` just returned for a message
+    #: of at most ``MEMORY_COPY_LIMIT`` bytes: its first attempt need not read the file.
+    content: bytes | None = field(default=None, repr=False, compare=False)
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.status == "pending"]
@@ -279,6 +294,59 @@ class _Prepared:
         self.fds.clear()
 
 
+@dataclass
+class _AttemptRecord:
+    """One ``record_attempt`` on its way to the committer."""
+
+    queue_id: str
+    outcomes: list[RecipientOutcome]
+    next_attempt: float | None
+    error: str | None
+    notices: _Prepared | None
+    #: Set in the transaction when no recipient stays pending: the file goes after commit.
+    finished: bool = False
+
+    def update(self, entry: QueueEntry) -> QueueEntry:
+        updated = apply_outcomes(entry, self.outcomes)
+        updated.attempts += 1
+        if self.next_attempt is not None:
+            updated.next_attempt = self.next_attempt
+        updated.last_error = self.error
+        return updated
+
+
+class _WriterThreads:
+    """The threads that write message files (each blocks on its own fsync, so that
+    concurrent enqueues share the disk's flushes). A job goes through a plain queue, with
+    no future: it reports its outcome itself (a ``LoopCompletion``), which saves the event
+    loop the bookkeeping of an executor for every message."""
+
+    def __init__(self, count: int) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._run, daemon=True,
+                                          name=f"mailkeep-queue-write-{n}")
+                         for n in range(count)]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Callable[..., None], *args: Any) -> None:
+        self._jobs.put(functools.partial(job, *args) if args else job)
+
+    def close(self) -> None:
+        """Finish the jobs queued, then end the threads."""
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+            except BaseException:  # jobs report their own errors: this is a bug
+                logger.exception("queue writer job failed")
+
+
 class QueueStore:
     """The outbound queue of one data directory. Thread-safe; several processes may open
     the same queue (the server and the CLI)."""
@@ -293,8 +361,8 @@ class QueueStore:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._executor_lock = threading.Lock()
+        self._writers: _WriterThreads | None = None
+        self._writers_lock = threading.Lock()
         self._unlink_queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._unlinker: threading.Thread | None = None
         self._unlink_lock = threading.Lock()
@@ -316,6 +384,9 @@ class QueueStore:
         except BaseException:
             self._writer.close()
             raise
+        # One bound method, so that the committer sees adjacent queue operations as
+        # alike (Operation.bulk) and applies them together.
+        self._bulk = self._apply_together
         self._committer = GroupCommitter(self._writer, max_batch=MAX_COMMIT_BATCH,
                                          publish=lambda events: None,
                                          garbage_made=lambda: None)
@@ -330,8 +401,10 @@ class QueueStore:
             return
         self._closed = True
         self._committer.stop()
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        with self._writers_lock:
+            writers, self._writers = self._writers, None
+        if writers is not None:
+            writers.close()
         with self._unlink_lock:
             unlinker, self._unlinker = self._unlinker, None
         if unlinker is not None:
@@ -471,62 +544,107 @@ class QueueStore:
     # -- writes ------------------------------------------------------------------------
 
     def _prepare(self, messages: Sequence[NewMessage]) -> _Prepared:
-        """Write, fsync and lock each message file; link it into messages/."""
+        """Create, lock, write and make durable each message file in messages/.
+
+        The file is created under its final name rather than written in tmp/ and linked:
+        a link after the fsync would dirty the directory again, and its fsync (shared by
+        the batch, in the committer) would then cost a journal commit of its own.
+        """
         prepared = _Prepared(list(messages), [], [])
         try:
             for message in messages:
                 _check_new_message(message)
-                tmp = self.tmp_dir / f"{message.queue_id}.{os.getpid()}.{threading.get_ident()}"
-                final = self.messages_dir / message.queue_id
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-                             | os.O_NOFOLLOW, FILE_MODE)
+                path = self.messages_dir / message.queue_id
+                # A message in memory goes out in one writev(): opened with O_DSYNC, that
+                # write returns only once the data, and what is needed to read it back,
+                # is on stable storage (as fdatasync), saving a system call (each one
+                # hands the GIL to another thread, then waits to get it back). A spool
+                # file is copied in chunks, then fsync'd once.
+                sync_writes = self._fsync and isinstance(message.source,
+                                                         bytes | bytearray | memoryview)
+                fd = self._create_locked(path, message.queue_id, sync_writes=sync_writes)
                 prepared.fds.append(fd)
-                try:
-                    # Locked before it can be seen in messages/: recover() never takes a
-                    # file being written for a crashed writer's leftover.
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    size = _write_message(fd, message.prefix, message.source,
-                                          message.source_offset)
-                    if self._fsync:
-                        os.fsync(fd)
-                    try:
-                        os.link(tmp, final)  # never replaces a queued message's file
-                    except FileExistsError:
-                        raise DuplicateQueueId(
-                            f"queue id {message.queue_id} is already in use") from None
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                prepared.paths.append(final)
+                prepared.paths.append(path)
+                size = _write_message(fd, message.prefix, message.source,
+                                      message.source_offset)
+                if self._fsync and not sync_writes:
+                    os.fsync(fd)
                 prepared.sizes.append(size)
         except BaseException:
             prepared.release(False)
             raise
         return prepared
 
-    def _insert(self, conn: sqlite3.Connection, prepared: _Prepared, now: float) -> None:
-        for message, size in zip(prepared.messages, prepared.sizes, strict=True):
-            conn.execute(
-                "INSERT INTO messages (id, sender, created, size, envid, ret, smtputf8,"
-                " body_type, requiretls, kind, account, dkim_selectors, hold, next_attempt)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (message.queue_id, message.sender, now, size, message.envid, message.ret,
-                 int(message.smtputf8), message.body_type, int(message.requiretls),
-                 message.kind, message.account, json.dumps(list(message.dkim_selectors)),
-                 int(message.hold), message.next_attempt))
-            conn.executemany(
-                "INSERT INTO recipients (message_id, seq, address, orcpt_type,"
-                " orcpt_address, notify) VALUES (?, ?, ?, ?, ?, ?)",
-                [(message.queue_id, seq, r.address, r.orcpt[0] if r.orcpt else None,
-                  r.orcpt[1] if r.orcpt else None,
-                  ",".join(r.notify) if r.notify is not None else None)
-                 for seq, r in enumerate(message.recipients)])
+    def _create_locked(self, path: Path, queue_id: str, *, sync_writes: bool) -> int:
+        """A new, empty file at ``path``, exclusively locked; never replaces a file.
+        ``sync_writes``: opened with O_DSYNC."""
+        flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+                 | (os.O_DSYNC if sync_writes else 0))
+        for _ in range(_CREATE_ATTEMPTS):
+            try:
+                fd = os.open(path, flags, FILE_MODE)
+            except FileExistsError:
+                raise DuplicateQueueId(f"queue id {queue_id} is already in use") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # recover() in another process (the CLI) may have found the file between
+                # its creation and the lock, unlocked and without a row, and removed it as
+                # a crashed writer's leftover: then the name is free again, try anew.
+                if os.fstat(fd).st_nlink:
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        raise QueueIOError(f"cannot create the queue file {path}: removed while created")
+
+    def _insert(self, conn: sqlite3.Connection, prepared: Sequence[_Prepared],
+                now: float) -> None:
+        """The rows of every message in ``prepared``, with one statement per table.
+
+        One multi-row INSERT rather than one per row (or ``executemany``, which steps once
+        per row): sqlite3 lets go of the GIL around every step, and the commit thread
+        then waits for the busy event loop to hand it back, up to a switch interval each
+        time. Fewer steps per batch is what keeps the committer ahead of the load.
+        """
+        message_rows: list[tuple[Any, ...]] = []
+        recipient_rows: list[tuple[Any, ...]] = []
+        for item in prepared:
+            for message, size in zip(item.messages, item.sizes, strict=True):
+                message_rows.append(
+                    (message.queue_id, message.sender, now, size, message.envid, message.ret,
+                     int(message.smtputf8), message.body_type, int(message.requiretls),
+                     message.kind, message.account,
+                     json.dumps(list(message.dkim_selectors)), int(message.hold),
+                     message.next_attempt))
+                recipient_rows.extend(
+                    (message.queue_id, seq, r.address, r.orcpt[0] if r.orcpt else None,
+                     r.orcpt[1] if r.orcpt else None,
+                     ",".join(r.notify) if r.notify is not None else None)
+                    for seq, r in enumerate(message.recipients))
+        _insert_rows(conn, "messages (id, sender, created, size, envid, ret, smtputf8,"
+                     " body_type, requiretls, kind, account, dkim_selectors, hold,"
+                     " next_attempt)", message_rows)
+        _insert_rows(conn, "recipients (message_id, seq, address, orcpt_type,"
+                     " orcpt_address, notify)", recipient_rows)
 
     def _submit(self, apply: Callable[[OpContext], Any], *, prepared: _Prepared | None = None,
                 extra_after: Callable[[bool | None], None] | None = None,
-                loop: asyncio.AbstractEventLoop | None = None) -> Any:
-        """Queue an operation on the group committer. With ``loop``: returns an asyncio
-        future; without: commits (or waits for the commit) and returns the result."""
+                loop: asyncio.AbstractEventLoop | None = None,
+                completion: LoopCompletion | None = None,
+                payload: _Prepared | _AttemptRecord | None = None) -> Any:
+        """Queue an operation on the group committer.
+
+        - with ``loop``: returns at once an asyncio future of that loop (a helper thread
+          commits);
+        - with ``completion`` (from a worker thread, for a coroutine waiting on that
+          completion's future): commits now if no other thread is committing, else
+          leaves the operation to the one that is; returns without waiting;
+        - with neither: commits (or waits for the commit) and returns the result.
+
+        With ``payload``, the committer may apply the operation together with its
+        neighbours (``_apply_together``).
+        """
 
         def after(committed: bool | None) -> None:
             if prepared is not None:
@@ -535,18 +653,23 @@ class QueueStore:
                 extra_after(committed)
 
         dirs = frozenset({str(self.messages_dir)}) if prepared and self._fsync else frozenset()
-        op = Operation(apply, dirs=dirs, after=after)
-        if loop is not None:
+        op = Operation(apply, dirs=dirs, after=after,
+                       bulk=self._bulk if payload is not None else None, payload=payload)
+        if completion is not None:
+            op.future = completion
+        elif loop is not None:
             op.future = LoopCompletion(loop)
         try:
-            completion = self._committer.submit(op, lead=loop is None)
+            self._committer.submit(op, lead=loop is None)
         except StoreError as exc:
             after(False)
             raise QueueError(str(exc)) from None
         if loop is not None:
             return op.future.future  # type: ignore[attr-defined]
+        if completion is not None:
+            return None
         try:
-            return completion.result()  # type: ignore[attr-defined]
+            return op.future.result()  # type: ignore[attr-defined]
         except StoreError as exc:
             raise QueueIOError(str(exc)) from None
 
@@ -556,43 +679,90 @@ class QueueStore:
         except StoreError as exc:
             raise QueueIOError(str(exc)) from None
 
-    def enqueue_sync(self, messages: list[NewMessage]) -> None:
+    def enqueue_sync(self, messages: list[NewMessage]) -> list[QueueEntry]:
         """Queue ``messages`` (all or none); durable when this returns. Blocks.
 
-        Raises ValueError for a malformed message, DuplicateQueueId, QueueIOError.
+        Returns the entries as queued. Raises ValueError for a malformed message,
+        DuplicateQueueId, QueueIOError.
         """
         if not messages:
-            return
+            return []
+        prepared = self._prepare_io(messages)
+        now, sizes = self._submit(self._inserter(prepared), prepared=prepared,
+                                  payload=prepared)
+        return self._queued(messages, sizes, now)
+
+    async def enqueue(self, messages: list[NewMessage]) -> list[QueueEntry]:
+        """``enqueue_sync`` without blocking the event loop.
+
+        A worker thread writes the files and hands the rows to the group committer
+        (committing them itself if no other thread is); the commit wakes this coroutine,
+        once per batch for all the enqueues it carried rather than once per message.
+        """
+        if not messages:
+            return []
+        completion = LoopCompletion(asyncio.get_running_loop())
+        self._pool().submit(self._write_and_submit, messages, completion)
+        now, sizes = await self._await(completion.future)
+        return self._queued(messages, sizes, now)
+
+    def _write_and_submit(self, messages: list[NewMessage],
+                          completion: LoopCompletion) -> None:
+        """In a worker thread: the files, then the rows; the outcome goes to
+        ``completion``."""
         try:
-            prepared = self._prepare(messages)
-        except OSError as exc:
-            raise QueueIOError(f"cannot write the queue file: {exc}") from exc
+            prepared = self._prepare_io(messages)
+            self._submit(self._inserter(prepared), prepared=prepared, payload=prepared,
+                         completion=completion)
+        except BaseException as exc:  # the coroutine waiting on completion reports it
+            completion.set_exception(exc)
 
-        def apply(ctx: OpContext) -> None:
-            self._insert(ctx.conn, prepared, ctx.now)
+    def _inserter(self, prepared: _Prepared) -> Callable[[OpContext], Any]:
+        def apply(ctx: OpContext) -> tuple[float, list[int]]:
+            self._insert(ctx.conn, [prepared], ctx.now)
+            return ctx.now, prepared.sizes
+        return apply
 
-        self._submit(apply, prepared=prepared)
-        for message, size in zip(messages, prepared.sizes, strict=True):
+    def _queued(self, messages: list[NewMessage], sizes: list[int],
+                now: float) -> list[QueueEntry]:
+        """Log what was queued; the entries as the rows just committed say."""
+        entries = []
+        for message, size in zip(messages, sizes, strict=True):
             log(logger, "queued", id=message.queue_id, from_=f"<{message.sender}>",
                 nrcpt=len(message.recipients), size=size, kind=message.kind,
                 account=message.account, hold=message.hold or None)
+            entries.append(QueueEntry(
+                queue_id=message.queue_id, sender=message.sender, created=now, size=size,
+                recipients=[RecipientState(r.address, r.orcpt, r.notify, "pending", None,
+                                           None, 0) for r in message.recipients],
+                envid=message.envid, ret=message.ret, smtputf8=message.smtputf8,
+                body_type=message.body_type, requiretls=message.requiretls,
+                kind=message.kind, account=message.account,
+                dkim_selectors=tuple(message.dkim_selectors), hold=message.hold, attempts=0,
+                next_attempt=message.next_attempt, last_error=None, warned=False,
+                content=_memory_copy(message, size)))
+        return entries
 
-    async def enqueue(self, messages: list[NewMessage]) -> None:
-        """``enqueue_sync`` without blocking the event loop (files are written by worker
-        threads, which share commits)."""
-        if not messages:
-            return
-        await asyncio.get_running_loop().run_in_executor(self._pool(), self.enqueue_sync,
-                                                         messages)
-
-    def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
-        with self._executor_lock:
+    def _pool(self) -> _WriterThreads:
+        with self._writers_lock:
             if self._closed:
                 raise QueueError("the queue is closed")
-            if self._executor is None:
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    ENQUEUE_WORKERS, thread_name_prefix="mailkeep-queue-write")
-            return self._executor
+            if self._writers is None:
+                self._writers = _WriterThreads(ENQUEUE_WORKERS)
+            return self._writers
+
+    async def _prepare_in_writer(self, messages: list[NewMessage]) -> _Prepared:
+        """``_prepare_io`` in a writer thread (notices queued with an attempt record)."""
+        completion = LoopCompletion(asyncio.get_running_loop())
+
+        def job() -> None:
+            try:
+                completion.set_result(self._prepare_io(messages))
+            except BaseException as exc:
+                completion.set_exception(exc)
+
+        self._pool().submit(job)
+        return await completion.future
 
     async def record_attempt(self, queue_id: str, outcomes: list[RecipientOutcome],
                              next_attempt: float | None, error: str | None = None, *,
@@ -610,36 +780,32 @@ class QueueStore:
         loop = asyncio.get_running_loop()
         prepared = None
         if notices:
-            prepared = await loop.run_in_executor(self._pool(), self._prepare_io,
-                                                  list(notices))
-        finished: list[str] = []
+            prepared = await self._prepare_in_writer(list(notices))
+        record = _AttemptRecord(queue_id, list(outcomes), next_attempt, error, prepared)
 
         def apply(ctx: OpContext) -> QueueEntry | None:
+            record.finished = False
             entry = _load_entry(ctx.conn, queue_id)
             if entry is None:
                 if prepared is not None:
                     raise _Vanished()  # rolls the notices back
                 return None
-            updated = apply_outcomes(entry, outcomes)
-            updated.attempts += 1
-            if next_attempt is not None:
-                updated.next_attempt = next_attempt
-            updated.last_error = error
+            updated = record.update(entry)
             if not updated.pending():
                 ctx.conn.execute("DELETE FROM messages WHERE id = ?", (queue_id,))
-                finished.append(queue_id)
+                record.finished = True
             else:
                 _store_progress(ctx.conn, entry, updated)
             if prepared is not None:
-                self._insert(ctx.conn, prepared, ctx.now)
+                self._insert(ctx.conn, [prepared], ctx.now)
             return updated
 
         def after(committed: bool | None) -> None:
-            if committed:
-                for name in finished:
-                    self._unlink_message(name)
+            if committed and record.finished:
+                self._unlink_message(queue_id)
 
-        future = self._submit(apply, prepared=prepared, extra_after=after, loop=loop)
+        future = self._submit(apply, prepared=prepared, extra_after=after, loop=loop,
+                              payload=record)
         try:
             entry = await self._await(future)
         except _Vanished:
@@ -649,6 +815,54 @@ class QueueStore:
                 pending=len(entry.pending()), finished=not entry.pending(),
                 notices=len(notices) or None)
         return entry
+
+    def _apply_together(self, ctx: OpContext, ops: list[Operation]) -> list[Any]:
+        """Enqueues and attempt records that the committer found side by side, applied
+        with a few statements for all of them (``Operation.bulk``): one INSERT per table,
+        one read of the entries, one DELETE of the finished ones. The outcome is the same
+        as applying them one by one; what this does not handle (an attempt on an entry
+        deleted meanwhile that carries notices, two records for one entry) it leaves to
+        the one-by-one path (``NotBulk``)."""
+        inserts: list[_Prepared] = []
+        records: list[_AttemptRecord] = []
+        for op in ops:
+            if isinstance(op.payload, _AttemptRecord):
+                records.append(op.payload)
+            else:
+                inserts.append(op.payload)
+        ids = [record.queue_id for record in records]
+        if len(set(ids)) != len(ids):
+            raise NotBulk()
+        entries = _load_entries(ctx.conn, ids)
+        values: dict[int, QueueEntry | None] = {}
+        finished: list[_AttemptRecord] = []
+        for record in records:
+            record.finished = False
+            entry = entries.get(record.queue_id)
+            if entry is None:
+                if record.notices is not None:
+                    raise NotBulk()  # its notices must be refused (_Vanished)
+                values[id(record)] = None
+                continue
+            updated = record.update(entry)
+            if updated.pending():
+                _store_progress(ctx.conn, entry, updated)
+            else:
+                finished.append(record)
+            if record.notices is not None:
+                inserts.append(record.notices)
+            values[id(record)] = updated
+        done_ids = [record.queue_id for record in finished]
+        for start in range(0, len(done_ids), _MAX_PARAMETERS):
+            chunk = done_ids[start:start + _MAX_PARAMETERS]
+            ctx.conn.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(chunk))})",
+                             chunk)
+        if inserts:
+            self._insert(ctx.conn, inserts, ctx.now)
+        for record in finished:
+            record.finished = True
+        return [values[id(op.payload)] if isinstance(op.payload, _AttemptRecord)
+                else (ctx.now, op.payload.sizes) for op in ops]
 
     def _prepare_io(self, messages: list[NewMessage]) -> _Prepared:
         try:
@@ -662,8 +876,7 @@ class QueueStore:
         loop = asyncio.get_running_loop()
         prepared = None
         if notices:
-            prepared = await loop.run_in_executor(self._pool(), self._prepare_io,
-                                                  list(notices))
+            prepared = await self._prepare_in_writer(list(notices))
 
         def apply(ctx: OpContext) -> None:
             changed = ctx.conn.execute("UPDATE messages SET warned = 1 WHERE id = ?",
@@ -671,7 +884,7 @@ class QueueStore:
             if not changed and prepared is not None:
                 raise _Vanished()
             if prepared is not None:
-                self._insert(ctx.conn, prepared, ctx.now)
+                self._insert(ctx.conn, [prepared], ctx.now)
 
         with contextlib.suppress(_Vanished):
             await self._await(self._submit(apply, prepared=prepared, loop=loop))
@@ -897,6 +1110,51 @@ def _entries(conn: sqlite3.Connection, rows: list[Sequence[Any]]) -> list[QueueE
     return [_entry_from_row(row, by_id[row[0]]) for row in rows]
 
 
+# The entries of a list of ids as one JSON text: a single step of a single statement
+# however many entries and recipients. sqlite3 lets go of the GIL at every step (every row
+# of a result), and in the commit thread getting it back from the busy event loop costs
+# up to a switch interval each time. REAL columns go through quote(), which keeps every
+# digit (JSON numbers keep 15).
+_ENTRIES_JSON = """
+SELECT json_group_array(json_array(
+    id, sender, quote(created), size, envid, ret, smtputf8, body_type, requiretls, kind,
+    account, dkim_selectors, hold, attempts, quote(next_attempt), last_error, warned,
+    (SELECT json_group_array(json_array(message_id, address, orcpt_type, orcpt_address,
+                                        notify, status, last_code, last_text, attempts,
+                                        remote_mta))
+     FROM (SELECT * FROM recipients r WHERE r.message_id = m.id ORDER BY seq))))
+FROM messages m WHERE id IN ({marks})
+"""
+
+
+def _load_entries(conn: sqlite3.Connection, ids: list[str]) -> dict[str, QueueEntry]:
+    """The entries among ``ids`` that exist, by id."""
+    out: dict[str, QueueEntry] = {}
+    for start in range(0, len(ids), _MAX_PARAMETERS):
+        chunk = ids[start:start + _MAX_PARAMETERS]
+        (text,) = conn.execute(_ENTRIES_JSON.format(marks=",".join("?" * len(chunk))),
+                               chunk).fetchone()
+        for item in json.loads(text):
+            row = item[:17]
+            row[2], row[14] = float(row[2]), float(row[14])  # created, next_attempt
+            entry = _entry_from_row(row, [_recipient_from_row(r) for r in item[17]])
+            out[entry.queue_id] = entry
+    return out
+
+
+def _insert_rows(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """``INSERT INTO table VALUES (...), (...)``: one statement for as many rows as
+    ``_MAX_PARAMETERS`` allows. ``table`` is "name (columns)", never from input."""
+    if not rows:
+        return
+    marks = "(" + ",".join("?" * len(rows[0])) + ")"
+    per_statement = max(1, _MAX_PARAMETERS // len(rows[0]))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start:start + per_statement]
+        conn.execute(f"INSERT INTO {table} VALUES {','.join([marks] * len(chunk))}",
+                     [value for row in chunk for value in row])
+
+
 def _load_entry(conn: sqlite3.Connection, queue_id: str) -> QueueEntry | None:
     row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id = ?",
                        (queue_id,)).fetchone()
@@ -953,11 +1211,17 @@ def _valid_notify(notify: tuple[str, ...]) -> bool:
 def _write_message(fd: int, prefix: bytes, source: bytes | Path, offset: int) -> int:
     """Write ``prefix`` then ``source`` from ``offset``; a spool file is copied in chunks
     by the kernel, never read whole. Returns the size written."""
-    write_all(fd, prefix)
     if isinstance(source, bytes | bytearray | memoryview):
         body = memoryview(source)[offset:]
-        write_all(fd, body)
-        return len(prefix) + len(body)
+        size = len(prefix) + len(body)
+        # One system call for the usual case (each one hands the GIL to another thread).
+        written = os.writev(fd, [prefix, body])
+        if written < len(prefix):
+            write_all(fd, memoryview(prefix)[written:])
+            written = len(prefix)
+        write_all(fd, body[written - len(prefix):])
+        return size
+    write_all(fd, prefix)
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(src).st_size - offset
@@ -970,6 +1234,13 @@ def _write_message(fd: int, prefix: bytes, source: bytes | Path, offset: int) ->
     finally:
         os.close(src)
     return len(prefix) + size
+
+
+def _memory_copy(message: NewMessage, size: int) -> bytes | None:
+    """The bytes written for ``message``, if they are in memory and small."""
+    if size > MEMORY_COPY_LIMIT or not isinstance(message.source, bytes | bytearray):
+        return None
+    return message.prefix + message.source[message.source_offset:]
 
 
 def _remove_if_abandoned(path: Path, has_row: Callable[[], bool]) -> bool:

@@ -23,6 +23,7 @@ import os
 import pwd
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,7 @@ IMAP_PROTOCOLS = {"imap", "imaps"}
 POP3_PROTOCOLS = {"pop3", "pop3s"}
 SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS
 TLS_RELOAD_INTERVAL = 60.0
+SWITCH_INTERVAL = 0.0005
 
 
 def protocol_family(protocol: str) -> str:
@@ -451,5 +453,9 @@ def run_server(config_path: Path, *, banner=None) -> int:
         print(f"mailkeep: {exc}")
         return 78  # EX_CONFIG
     c = server.config
-    setup_logging(c.log.format, c.log.level, c.log.file or None)
+    setup_logging(c.log.format, c.log.level, c.log.file or None, buffered=True)
+    # The event loop answers every client; worker threads (file writes, fsync, commits)
+    # only need the GIL briefly between system calls. A short switch interval keeps them
+    # from holding the loop up for Python's default 5 ms at a time.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     return asyncio.run(server.run())

@@ -1,0 +1,85 @@
+"""Log lines: logfmt quoting, the buffered writer the server uses, and logrotate."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mailkeep import logfmt
+from mailkeep.logfmt import LineWriter, log, setup_logging
+
+
+@pytest.fixture
+def restore_logging():
+    """Leave the logger tree as the other tests expect it (no handler, propagating, so
+    pytest's caplog sees records)."""
+    yield
+    for name in ("mailkeep", "asyncio"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+            handler.close()
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+    logfmt._writer = None
+
+
+def _wait_for(path: Path, text: str, timeout: float = 2.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text() if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.01)
+    raise AssertionError(f"{text!r} never reached {path}")
+
+
+def test_buffered_lines_match_the_formatter_and_keep_their_order(tmp_path, restore_logging):
+    path = tmp_path / "server.log"
+    setup_logging("logfmt", "debug", str(path), buffered=True)
+    logger = logging.getLogger("mailkeep.queue")
+    log(logger, "delivery", id="ABC", to="a b@example.test", code=250, tls=None, ok=True,
+        name="reserved field")
+    logger.info("through logging", extra={"n": 1})
+    log(logger, "warned", logging.WARNING, reason='say "no"\nnow')
+    content = path.read_text()  # the warning was written at once, with what came before
+    lines = content.splitlines()
+    assert [line.split(" msg=")[1].split(" ")[0] for line in lines] == [
+        "delivery", '"through', "warned"]
+    assert lines[0].split(" ", 1)[1] == ('level=info subsystem=queue msg=delivery id=ABC '
+                                         'to="a b@example.test" code=250 tls="" ok=true '
+                                         'name_="reserved field"')
+    assert lines[2].endswith('reason="say \\"no\\"\\nnow"')
+
+
+def test_info_lines_arrive_within_the_flush_interval(tmp_path, restore_logging):
+    path = tmp_path / "server.log"
+    setup_logging("logfmt", "info", str(path), buffered=True)
+    log(logging.getLogger("mailkeep.smtp"), "message", id="X1")
+    _wait_for(path, "msg=message id=X1", timeout=logfmt.FLUSH_INTERVAL * 20)
+
+
+def test_logrotate_moving_the_file_is_followed(tmp_path):
+    path = tmp_path / "server.log"
+    writer = LineWriter(str(path))
+    try:
+        writer.write("first", urgent=True)
+        os.rename(path, tmp_path / "server.log.1")
+        writer.write("second", urgent=True)
+        assert (tmp_path / "server.log.1").read_text() == "first\n"
+        assert path.read_text() == "second\n"
+    finally:
+        writer.close()
+
+
+def test_close_writes_everything_pending(tmp_path):
+    path = tmp_path / "server.log"
+    writer = LineWriter(str(path))
+    for n in range(1000):
+        writer.write(f"line {n}")
+    writer.close()
+    assert path.read_text().splitlines() == [f"line {n}" for n in range(1000)]
