@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from mailkeep.logfmt import FLUSH_INTERVAL
+
 MAILKEEP = str(Path(sys.executable).with_name("mailkeep"))
+LOG_SETTLE = FLUSH_INTERVAL * 3
 
 CONFIG = """\
 hostname = "mx.example.test"
@@ -213,6 +216,9 @@ class RunningServer:
         return self.data_dir / "tls" / "selfsigned-ecdsa.pem"
 
     def log_text(self) -> str:
+        """The log so far. The server writes info lines every FLUSH_INTERVAL (a background
+        writer): give lines logged just before this call the time to land."""
+        time.sleep(LOG_SETTLE)
         return self.log.read_text() if self.log.exists() else ""
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:

@@ -24,6 +24,7 @@ import signal
 import ssl
 import subprocess
 import tempfile
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -63,6 +64,8 @@ from tests.support.procs import (
     stop_process,
     wait_until,
 )
+
+from mailkeep.logfmt import FLUSH_INTERVAL
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 
@@ -259,6 +262,8 @@ class MailkeepServer(MailServer):
             self.process = None
 
     def log_text(self) -> str:
+        # The server's info lines reach the file within FLUSH_INTERVAL (buffered writer).
+        time.sleep(FLUSH_INTERVAL * 3)
         try:
             return self.log_path.read_text(errors="replace")
         except FileNotFoundError:
