@@ -33,7 +33,6 @@ from mailkeep.durable import fsync_dir
 from mailkeep.logfmt import log
 from mailkeep.mime.header import header_fields
 from mailkeep.queue.maildrop import DropError, ensure_maildrop, list_drops, read_drop, remove_drop
-from mailkeep.queue.scheduler import describe
 from mailkeep.smtp.address import AddressError, parse_address
 
 logger = logging.getLogger("mailkeep.pickup")
@@ -123,11 +122,11 @@ class Pickup:
             log(logger, "picked up", id=msg_id, user=user, from_=sender_text,
                 to=",".join(drop.recipients), size=drop.size)
         elif reply.code >= 500:
-            await asyncio.to_thread(self._set_aside, path, describe(reply))
+            await asyncio.to_thread(self._set_aside, path, reply.one_line())
         else:
             self._retry_after[path.name] = asyncio.get_running_loop().time() + RETRY_DELAY
             log(logger, "pickup deferred", logging.WARNING, file=path.name, code=reply.code,
-                reason=describe(reply))
+                reason=reply.one_line())
 
     def _copy_message(self, drop: Any, sender: str, spool_dir: Path) -> Path:
         """The message of a drop file as a spool file; a From: is added when missing."""

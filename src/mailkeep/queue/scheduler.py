@@ -103,12 +103,6 @@ def _may_need_notice(entry: Any, outcomes: list) -> bool:
     return any(o.status == "delivered" and o.address in asked for o in outcomes)
 
 
-def describe(reply: Any) -> str:
-    """A reply on one line, as mailq and DSNs show it: "550 5.1.1 User unknown"."""
-    return " ".join(part for part in (str(reply.code), reply.enhanced or "",
-                                      " ".join(reply.lines)) if part)
-
-
 def backoff(attempts: int, minimal: float, maximal: float) -> float:
     """Seconds until the next attempt after ``attempts`` failed ones (Postfix doubles)."""
     return min(maximal, minimal * (2 ** max(0, attempts - 1)))
@@ -140,11 +134,11 @@ class ConnectionPool:
 
     def take(self, key: tuple) -> Any | None:
         idle = self._idle.get(key)
-        while idle:
-            session, timer = idle.pop()
-            timer.cancel()
-            return session
-        return None
+        if not idle:
+            return None
+        session, timer = idle.pop()
+        timer.cancel()
+        return session
 
     def give(self, key: tuple, session: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -413,7 +407,7 @@ class Scheduler:
             if reply.code >= 300:
                 status = "failed" if reply.code >= 500 else "deferred"
                 outcomes.append(RecipientOutcome(rcpt.address, status, reply.code,
-                                                 describe(reply)))
+                                                 reply.one_line()))
                 continue
             accepted.append(AcceptedRecipient(address, targets))
         if accepted:
@@ -430,7 +424,7 @@ class Scheduler:
                 status = ("delivered" if reply.code < 300 else
                           "failed" if reply.code >= 500 else "deferred")
                 outcomes.append(RecipientOutcome(str(rcpt.address), status, reply.code,
-                                                 describe(reply)))
+                                                 reply.one_line()))
         return outcomes
 
     # -- remote recipients -----------------------------------------------------------------
@@ -616,7 +610,7 @@ class Scheduler:
                     continue
                 status = ("delivered" if reply.code < 300 else
                           "failed" if reply.code >= 500 else "deferred")
-                text = describe(reply)
+                text = reply.one_line()
                 outcomes.append(RecipientOutcome(rcpt.address, status, reply.code,
                                                  " ".join(text.split()),
                                                  remote_mta=plan["host"]))

@@ -197,6 +197,12 @@ class SaslExchange:
             return await self._step(response, first)
         except MalformedResponse as exc:
             return await self._fail("malformed", str(exc))
+        except Exception:
+            # A bug or an unreadable password file: the client gets a temporary failure,
+            # never a dropped connection; every protocol relies on this.
+            logger.exception("SASL exchange failed", extra={"client": self._client.ip})
+            self._done = True
+            return failure("unavailable", "Temporary authentication failure")
 
     async def _step(self, response: bytes | None, first: bool) -> SaslStep:
         raise NotImplementedError

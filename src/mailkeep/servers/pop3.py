@@ -447,11 +447,7 @@ class POP3Session(asyncio.Protocol):
     async def _auth_step(self, response: bytes | None) -> None:
         conn = self.conn
         assert conn is not None and self._exchange is not None
-        try:
-            step = await self._exchange.step(response)
-        except Exception:
-            logger.exception("SASL exchange failed", extra={"client": self.client_ip})
-            step = SaslStep("failure", reason="unavailable")
+        step = await self._exchange.step(response)  # never raises (SaslExchange.step)
         if step.kind == "challenge":
             conn.auth_challenge(step.data)
             return

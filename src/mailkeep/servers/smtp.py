@@ -192,8 +192,8 @@ class SMTPSession(asyncio.Protocol):
             return config
         # RFC 4954 §4 / RFC 8314: mechanisms only on a secured connection (STARTTLS done,
         # implicit TLS, or loopback when the policy trusts it).
-        mechanisms = tuple(self.ctx.authenticator.mechanisms(self.client_info())
-                           if self.client_info().secured else ())
+        client = self.client_info()
+        mechanisms = tuple(self.ctx.authenticator.mechanisms(client) if client.secured else ())
         # REQUIRETLS (RFC 8689): the queue honours it (verified TLS or a bounce), so
         # submission offers it; the core advertises it only under TLS.
         return replace(config, auth_mechanisms=mechanisms,
@@ -561,8 +561,8 @@ class SMTPSession(asyncio.Protocol):
             return False
         self.transport = new_transport
         self._note_tls()
-        self._tls_version = self.transport.get_extra_info("ssl_object").version() \
-            if self.transport.get_extra_info("ssl_object") is not None else "TLS"
+        ssl_object = new_transport.get_extra_info("ssl_object")
+        self._tls_version = ssl_object.version() if ssl_object is not None else "TLS"
         if self.ctx.submission is not None:
             self._channel_bindings = tlsio.channel_bindings(new_transport)
         return True
@@ -644,11 +644,7 @@ class SMTPSession(asyncio.Protocol):
     async def _auth_step(self, response: bytes | None) -> None:
         conn = self.conn
         assert conn is not None and self._exchange is not None
-        try:
-            step = await self._exchange.step(response)
-        except Exception:
-            logger.exception("SASL exchange failed", extra={"client": self.info.client_ip})
-            step = SaslStep("failure", reason="unavailable")
+        step = await self._exchange.step(response)  # never raises (SaslExchange.step)
         if step.kind == "challenge":
             conn.auth_challenge(base64.b64encode(step.data).decode())
             return

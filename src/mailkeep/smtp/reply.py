@@ -107,6 +107,11 @@ class Reply:
     def __str__(self) -> str:
         return self.to_bytes().decode("utf-8", "replace").rstrip("\r\n")
 
+    def one_line(self) -> str:
+        """The reply on one line, as mailq, logs and DSNs show it: "550 5.1.1 User unknown"."""
+        return " ".join(part for part in (str(self.code), self.enhanced or "",
+                                          " ".join(self.lines)) if part)
+
 
 # --- factories ----------------------------------------------------------------------------
 
