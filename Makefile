@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 APT_PACKAGES := postfix swaks ca-certificates openssl libnet-ssleay-perl libio-socket-ssl-perl \
                 libauthen-sasl-perl procps dovecot-imapd dovecot-pop3d isync offlineimap3 \
                 fetchmail mutt opendkim-tools nsd unbound ldnsutils bind9-dnsutils sasl2-bin \
-                libsasl2-modules
+                libsasl2-modules clamav-daemon rspamd
 
 .PHONY: run test venv apt-deps lint lock clean
 
@@ -40,10 +40,10 @@ apt-deps:
 	  case "$$missing" in *dovecot*) \
 	    command -v systemctl >/dev/null && systemctl disable --now dovecot.service dovecot.socket 2>/dev/null || true;; \
 	  esac; \
-	  for s in nsd unbound; do \
+	  for s in nsd unbound clamav-daemon clamav-freshclam rspamd; do \
 	    command -v systemctl >/dev/null && systemctl disable --now $$s.service 2>/dev/null || true; \
-	    pkill -x $$s 2>/dev/null || true; \
 	  done; \
+	  for p in nsd unbound clamd freshclam rspamd; do pkill -x $$p 2>/dev/null || true; done; \
 	fi
 
 lint: $(BIN)/.installed
