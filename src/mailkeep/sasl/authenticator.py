@@ -5,8 +5,10 @@ This is the async layer around the pure mechanism modules (``plain``, ``login``,
 ``cram_md5``, ``scram``): it looks up accounts and their stored secrets, runs Argon2 in a
 thread pool (``mailkeep.auth.verify_password_async``), sleeps the failure delays
 (``throttle``), skips Argon2 for a client that proved the same password recently
-(``cache``), upgrades imported hashes after a successful plaintext login, and logs every
-success and failure with the client's address, protocol, mechanism, account and reason.
+(``cache``), upgrades imported hashes after a successful plaintext login, logs every
+success and failure with the client's address, protocol, mechanism, account and reason, and
+reports every failure to the server's ban list (``mailkeep.bans``), which bans an address
+that fails too often from every listener.
 
 What a protocol does with it::
 
@@ -39,6 +41,7 @@ from mailkeep.auth.passwords import (
     needs_rehash,
     verify_password_async,
 )
+from mailkeep.bans import BanPolicy
 from mailkeep.config.names import InvalidName, canonical_address
 from mailkeep.durable import fsync_dir
 from mailkeep.logfmt import log
@@ -69,6 +72,7 @@ from mailkeep.sasl.credentials import (
 from mailkeep.sasl.throttle import MAX_TRACKED, Throttle, ThrottlePolicy
 
 if TYPE_CHECKING:
+    from mailkeep.bans import BanList
     from mailkeep.config import Account, Config
 
 logger = logging.getLogger("mailkeep.auth")
@@ -191,8 +195,10 @@ class SaslExchange:
                                     f"{self._auth.policy.limits.max_response_bytes} bytes")
         first = not self._started
         self._started = True
-        if first and self._auth.throttle.check(self._client.ip, None, self._auth.now()) == "throttled":
-            return await self._fail("throttled", "too many failures from this address")
+        if first:
+            refused = self._auth._refused(self._client)
+            if refused:
+                return await self._fail("throttled", refused)
         try:
             return await self._step(response, first)
         except MalformedResponse as exc:
@@ -389,8 +395,12 @@ class Authenticator:
                  policy: AuthPolicy = AuthPolicy(), *, secret: bytes | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                 bans: BanList | None = None) -> None:
         self.passwd = passwd
+        #: The server's ban list: told of every failure; a banned address is refused
+        #: without a password check (a connection made before the ban may still be open).
+        self.bans = bans
         self.policy = policy
         self.secret = secret if secret is not None else secrets.token_bytes(SECRET_BYTES)
         self.now = clock
@@ -403,7 +413,7 @@ class Authenticator:
         self._decoy_hash: str | None = None
 
     @classmethod
-    def from_config(cls, config: Config) -> Authenticator:
+    def from_config(cls, config: Config, *, bans: BanList | None = None) -> Authenticator:
         """The authenticator of a server: ``config.auth`` as policy, ``data_dir/passwd``."""
         try:
             secret: bytes | None = load_server_secret(config.data_dir / SECRET_FILE)
@@ -413,7 +423,7 @@ class Authenticator:
                 event="auth-secret", path=str(config.data_dir / SECRET_FILE), error=str(exc))
             secret = None
         return cls(PasswdFile(config.passwd_file), config.accounts, AuthPolicy.from_config(config),
-                   secret=secret)
+                   secret=secret, bans=bans)
 
     def update(self, config: Config) -> None:
         """Configuration reload: new accounts and policy; counters and cache are kept."""
@@ -423,6 +433,8 @@ class Authenticator:
         self.cache.configure(self.policy.login_cache_ttl, self.policy.login_cache_size)
         if self.passwd.path != config.passwd_file:
             self.passwd = PasswdFile(config.passwd_file)
+        if self.bans is not None:
+            self.bans.configure(BanPolicy.from_config(config.auth))
 
     # -- what to offer ---------------------------------------------------------------
 
@@ -462,9 +474,9 @@ class Authenticator:
             self._log_outcome(client, mechanism, shown, "failure", "malformed",
                               "plaintext login without TLS")
             return failure("malformed", "Plaintext authentication is not allowed without TLS")
-        if self.throttle.check(client.ip, None, self.now()) == "throttled":
-            return await self._fail(client, mechanism, shown, None, "throttled",
-                                    "too many failures from this address")
+        refused = self._refused(client)
+        if refused:
+            return await self._fail(client, mechanism, shown, None, "throttled", refused)
         try:
             text = check_identity(name, self.policy.limits)
             check_password(secret, self.policy.limits)
@@ -478,6 +490,14 @@ class Authenticator:
             await asyncio.gather(*self._upgrades.values(), return_exceptions=True)
 
     # -- shared steps ----------------------------------------------------------------
+
+    def _refused(self, client: ClientInfo) -> str:
+        """Why an attempt from this address is refused before any check ("" if it is not)."""
+        if self.bans is not None and self.bans.is_banned(client.ip) is not None:
+            return "address banned"
+        if self.throttle.check(client.ip, None, self.now()) == "throttled":
+            return "too many failures from this address"
+        return ""
 
     def _canonical(self, username: str) -> tuple[str | None, str]:
         """(our account name or None, the key to count failures under)."""
@@ -535,6 +555,9 @@ class Authenticator:
                     account_key: str | None, reason: FailureReason, detail: str) -> SaslStep:
         delay = self.throttle.failure(client.ip, account_key, self.now())
         self._log_outcome(client, mechanism, username, "failure", reason, detail, delay=delay)
+        if self.bans is not None:
+            # After the failure's own log line, so that the log reads in order.
+            self.bans.record_failure(client.ip)
         if delay > 0:
             await self._sleep(delay)
         return failure(reason)

@@ -146,7 +146,8 @@ class IMAPSession(asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else "local"
         limits = self.ctx.config.imap
         refused = self.counts.admit(self.client_ip, limits.max_connections,
-                                    limits.max_connections_per_ip)
+                                    limits.max_connections_per_ip,
+                                    limits.max_connection_rate_per_ip)
         if refused is not None:
             self._refuse(REFUSALS[refused], refused)
             return

@@ -6,6 +6,11 @@ A session (an ``asyncio.Protocol``) registers itself in ``sessions`` and exposes
 every session to end at its next safe point — a delivery, an APPEND or a POP3 QUIT in
 flight completes and is acknowledged, idle sessions are told to come back later at once —
 and drops whatever is still busy after the grace period.
+
+Two defences act before a session exists or counts: a client on the server's ban list
+(``mailkeep.bans``) is refused at connect with one line and closed, and each server kind
+limits the connection rate per client address (``max_connection_rate_per_ip``, Postfix's
+``smtpd_client_connection_rate_limit``) next to its concurrency limits.
 """
 
 from __future__ import annotations
@@ -13,9 +18,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections import Counter
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from mailkeep.bans import BanList, client_key
 
 
 def is_loopback(ip: str) -> bool:
@@ -33,28 +42,90 @@ def is_loopback(ip: str) -> bool:
 REFUSALS = {
     "max_connections": "Too many connections, try again later",
     "max_connections_per_ip": "Too many connections from your address",
+    "max_connection_rate_per_ip": "Too many connections from your address per minute, "
+                                  "try again later",
 }
+
+#: The period of ``max_connection_rate_per_ip`` (Postfix's anvil_rate_time_unit).
+RATE_PERIOD = 60.0
+#: Client addresses whose connection rate is tracked at most, per server kind; the least
+#: recently seen are forgotten first (which can only let a client in, never lock it out).
+MAX_RATE_TRACKED = 10_000
+
+
+class ConnectionRate:
+    """A token bucket per client address (IPv6 per /64): a client may open ``limit``
+    connections at once, and the bucket refills at ``limit`` per ``RATE_PERIOD``, so over
+    a long time no more than ``limit`` a minute get through. Memory per address is
+    constant, whatever the limit; refused attempts take no token."""
+
+    def __init__(self, max_tracked: int = MAX_RATE_TRACKED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_tracked = max_tracked
+        self.clock = clock
+        # key -> (tokens, time of the last update); ordered by last use.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, ip: str, limit: int) -> bool:
+        """Take a token for a new connection from ``ip``; False if none is left."""
+        key = client_key(ip)
+        if key is None or limit <= 0:
+            return True
+        now = self.clock()
+        tokens, last = self._buckets.get(key, (float(limit), now))
+        tokens = min(float(limit), tokens + (now - last) * limit / RATE_PERIOD)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        self._buckets.move_to_end(key)
+        self._forget(now)
+        return allowed
+
+    def tracked(self) -> int:
+        return len(self._buckets)
+
+    def _forget(self, now: float) -> None:
+        # A bucket untouched for a whole period is full again: forgetting it changes
+        # nothing. The front holds the least recently used.
+        while self._buckets:
+            key, (_tokens, last) = next(iter(self._buckets.items()))
+            if now - last < RATE_PERIOD and len(self._buckets) <= self.max_tracked:
+                break
+            del self._buckets[key]
 
 
 @dataclass
 class ConnectionCounts:
     """Open connections of one server kind, in total, per client IP and per logged-in
-    account; shared by that kind's listeners so the limits hold for the whole server.
-    A Unix-socket client ("local") is not limited per IP."""
+    account, and the connection rate per client; shared by that kind's listeners so the
+    limits hold for the whole server. A Unix-socket client ("local") is not limited per
+    IP. ``bans`` (the server's ban list) supplies the allow-list exempt from the rate;
+    without it, loopback is exempt."""
 
     total: int = 0
     per_ip: Counter = field(default_factory=Counter)
     per_account: Counter = field(default_factory=Counter)
+    bans: BanList | None = None
+    rate: ConnectionRate = field(default_factory=ConnectionRate)
 
-    def admit(self, ip: str, max_total: int, max_per_ip: int) -> str | None:
-        """Count a new connection; or, without counting it, name the limit it exceeds."""
+    def admit(self, ip: str, max_total: int, max_per_ip: int,
+              max_rate_per_ip: int = 0) -> str | None:
+        """Count a new connection; or, without counting it, name the limit it exceeds.
+        ``max_rate_per_ip``: connections per minute from one address, 0 for no limit."""
         if self.total >= max_total:
             return "max_connections"
         if ip != "local" and self.per_ip[ip] >= max_per_ip:
             return "max_connections_per_ip"
+        if max_rate_per_ip > 0 and not self._rate_exempt(ip) \
+                and not self.rate.allow(ip, max_rate_per_ip):
+            return "max_connection_rate_per_ip"
         self.total += 1
         self.per_ip[ip] += 1
         return None
+
+    def _rate_exempt(self, ip: str) -> bool:
+        if self.bans is not None:
+            return self.bans.allowed(ip)
+        return ip == "local" or is_loopback(ip)
 
     def release(self, ip: str) -> None:
         self.total -= 1
@@ -76,6 +147,37 @@ def _decrement(counter: Counter, key: str) -> None:
         del counter[key]
 
 
+class _BanGate(asyncio.Protocol):
+    """Stands in for a session until the client's address is known (asyncio makes the
+    protocol before it has the peer): a banned client gets the refusal line and is closed
+    before any session, parser or task exists for it; anyone else is handed to a new
+    session, which takes over the transport as if it had been there from the start."""
+
+    __slots__ = ("listener",)
+
+    def __init__(self, listener: SessionListener) -> None:
+        self.listener = listener
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self.listener
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "local"
+        bans = listener.bans
+        if bans is not None and bans.is_banned(ip) is not None:
+            try:
+                refusal = listener.ban_refusal() if listener.ban_refusal else b""
+            except Exception:  # a refusal we cannot build is no reason to let them in
+                refusal = b""
+            if refusal and isinstance(transport, asyncio.WriteTransport):
+                transport.write(refusal)
+            transport.close()
+            bans.note_refusal(ip, listener.name)
+            return
+        session = listener.new_session()
+        transport.set_protocol(session)
+        session.connection_made(transport)
+
+
 class SessionListener:
     """One listening socket (TCP or Unix). Subclasses make their sessions in
     :meth:`new_session`, from ``self.context`` as it is when the client connects."""
@@ -85,9 +187,25 @@ class SessionListener:
         self.context = context
         self.server: asyncio.base_events.Server | None = None
         self.sessions: set[Any] = set()
+        self.bans: BanList | None = None
+        self.ban_refusal: Callable[[], bytes] | None = None
 
     def new_session(self) -> asyncio.Protocol:
         raise NotImplementedError
+
+    def enforce_bans(self, bans: BanList | None, refusal: Callable[[], bytes]) -> None:
+        """Refuse clients on ``bans`` at connect: they are sent ``refusal()`` (the
+        protocol's "come back later" line, empty for implicit TLS) and disconnected."""
+        self.bans = bans
+        self.ban_refusal = refusal
+
+    def _accept(self) -> asyncio.Protocol:
+        """The protocol for a new connection: the session itself when nobody is banned
+        (no cost at all), else a gate that looks at the address first."""
+        bans = self.bans
+        if bans is None or not bans.has_active:
+            return self.new_session()
+        return _BanGate(self)
 
     async def start(self, sock: socket.socket) -> None:
         """Serve on an already bound socket (bound before privileges were dropped). TLS,
@@ -95,9 +213,9 @@ class SessionListener:
         certificate current at that moment (renewals apply at once)."""
         loop = asyncio.get_running_loop()
         if sock.family == socket.AF_UNIX:
-            self.server = await loop.create_unix_server(self.new_session, sock=sock)
+            self.server = await loop.create_unix_server(self._accept, sock=sock)
         else:
-            self.server = await loop.create_server(self.new_session, sock=sock)
+            self.server = await loop.create_server(self._accept, sock=sock)
 
     def update(self, context: Any) -> None:
         """New sessions use the new context (config reload); running ones keep theirs."""

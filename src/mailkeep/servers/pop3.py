@@ -156,7 +156,8 @@ class POP3Session(asyncio.Protocol):
         self.conn = core.ServerConnection(self._session_config())
         limits = self.ctx.limits
         refused = self.counter.admit(self.client_ip, limits.max_connections,
-                                     limits.max_connections_per_ip)
+                                     limits.max_connections_per_ip,
+                                     limits.max_connection_rate_per_ip)
         if refused is not None:
             self._refuse(REFUSALS[refused], refused)
             return
