@@ -23,6 +23,8 @@ COMMAND_MODULES = [
     "mailkeep.cli.deliver_cmd",   # deliver (LDA)
     "mailkeep.cli.dkim_cmd",      # dkim keygen|list|rotate|remove|dns
     "mailkeep.cli.queue_cmd",     # queue list|show|hold|release|delete|retry|flush
+    "mailkeep.cli.ban_cmd",       # ban list|add|lift
+    "mailkeep.cli.dmarc_cmd",     # dmarc reports|import|send
     "mailkeep.cli.sendmail_cmd",  # sendmail (and mailq)
 ]
 

@@ -34,6 +34,7 @@ from mailkeep.config.schema import (
     BARE_NEWLINES,
     DEFAULT_DATA_DIR,
     DEFAULT_SUBADDRESS_SEPARATOR,
+    DNSBL_ACTIONS,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_ACCOUNT_NAME_LENGTH,
@@ -43,21 +44,28 @@ from mailkeep.config.schema import (
     PROTOCOL_DEFAULT_TLS,
     PROTOCOLS,
     RELAY_TLS,
+    SCANNER_ON_ERROR,
     SEND_MODES,
     TLS_MODES,
     Account,
     AuthConfig,
+    ClamavConfig,
     Config,
     ConfigError,
     ConfigIssue,
     DeliveryConfig,
+    DmarcReportsConfig,
+    DnsblConfig,
     Domain,
+    GreylistConfig,
     ImapConfig,
     Listener,
     LogConfig,
+    PolicyConfig,
     Pop3Config,
     QueueConfig,
     Relay,
+    RspamdConfig,
     SmtpConfig,
     SubmissionConfig,
     TlsConfig,
@@ -70,11 +78,19 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 TOP_LEVEL_KEYS = ("hostname", "data_dir", "run_as", "postmaster", "log", "tls", "smtp",
                   "auth", "imap", "pop3", "submission", "queue", "delivery", "relays",
-                  "listeners", "domains", "accounts", "aliases")
+                  "policy", "dmarc", "listeners", "domains", "accounts", "aliases")
 LOG_KEYS = ("format", "level", "file")
 TLS_KEYS = ("cert", "key")
 SMTP_KEYS = tuple(f.name for f in fields(SmtpConfig))
-LISTENER_KEYS = ("protocol", "address", "tls")
+LISTENER_KEYS = ("protocol", "address", "tls", "policy")
+POLICY_KEYS = ("rules", "rulesets", "trusted_networks", "authserv_id", "received_spf",
+               "greet_wait", "greet_ttl", "dns_timeout", "verify_timeout",
+               "trusted_arc_sealers", "quota_grace", "dnsbl", "greylist", "clamav", "rspamd")
+DNSBL_KEYS = ("sites", "threshold", "allow_threshold", "action", "check_private_addresses")
+GREYLIST_KEYS = ("delay", "retry_window", "auto_allow")
+CLAMAV_KEYS = ("socket", "on_error", "max_size", "timeout")
+RSPAMD_KEYS = ("url", "on_error", "max_size", "timeout", "password_file")
+DMARC_KEYS = ("report_address", "send_reports", "report_from", "org_name")
 DOMAIN_KEYS = ("catch_all", "personalized_catch_all", "subaddress_separator",
                "subaddress_to_folder", "burned")
 ACCOUNT_KEYS = ("name", "quota", "quota_messages", "relay_only", "aliases", "send",
@@ -113,6 +129,7 @@ _SMTP_RANGES: dict[str, tuple[float, float]] = {
     "max_recipients": (1, 100_000),
     "max_connections": (1, 1_000_000),
     "max_connections_per_ip": (1, 1_000_000),
+    "max_connection_rate_per_ip": (0, 1_000_000),
     "max_commands": (10, 10_000_000),
     "soft_error_limit": (0, 1000),
     "hard_error_limit": (1, 1000),
@@ -129,10 +146,18 @@ _AUTH_RANGES: dict[str, tuple[float, float]] = {
     "max_failure_delay": (0, 300),
     "login_cache_ttl": (0, 86400 * 30),
     "scram_iterations": (4096, 10_000_000),
+    "ban_after_failures": (0, 1_000_000),
+    "ban_window": (1, 86400 * 30),
+    "ban_duration": (1, 86400 * 365),
+    "ban_max_duration": (1, 86400 * 365),
 }
+# At most this many networks in [auth] ban_allow (each connection may be checked against
+# every one of them).
+MAX_BAN_ALLOW = 1000
 _IMAP_RANGES: dict[str, tuple[float, float]] = {
     "max_connections": (1, 1_000_000),
     "max_connections_per_ip": (1, 1_000_000),
+    "max_connection_rate_per_ip": (0, 1_000_000),
     "max_connections_per_account": (1, 1_000_000),
     "max_line": (1000, 16 * 1024 * 1024),
     "append_limit": (1024, 1 << 40),
@@ -146,6 +171,7 @@ _IMAP_RANGES: dict[str, tuple[float, float]] = {
 _POP3_RANGES: dict[str, tuple[float, float]] = {
     "max_connections": (1, 1_000_000),
     "max_connections_per_ip": (1, 1_000_000),
+    "max_connection_rate_per_ip": (0, 1_000_000),
     "max_connections_per_account": (1, 1_000_000),
     "max_line": (255, 65536),
     "timeout": (60, 86400),
@@ -160,7 +186,7 @@ _DURATIONS = {"queue_run_delay", "minimal_backoff_time", "maximal_backoff_time",
               "maximal_queue_lifetime", "bounce_queue_lifetime", "delay_warning_time",
               "connect_timeout","error_sleep", "command_timeout", "data_timeout", "failure_window",
               "max_failure_delay", "login_cache_ttl", "preauth_timeout", "autologout",
-              "timeout"}
+              "timeout", "ban_window", "ban_duration", "ban_max_duration"}
 _SMTP_DURATIONS = {"error_sleep", "command_timeout", "data_timeout"}
 _MAX_QUOTA = 1 << 50
 _MAX_QUOTA_MESSAGES = 1 << 40
@@ -373,8 +399,7 @@ class _Loader:
         log = self._log(data)
         tls = self._tls(data)
         smtp = self._smtp(data)
-        auth = self._limits_section(data, "auth", AuthConfig, _AUTH_RANGES,
-                                    ("cram_md5", "allow_plaintext_loopback"))
+        auth = self._auth(data)
         imap = self._limits_section(data, "imap", ImapConfig, _IMAP_RANGES)
         pop3 = self._limits_section(data, "pop3", Pop3Config, _POP3_RANGES)
         queue = self._limits_section(data, "queue", QueueConfig, _QUEUE_RANGES)
@@ -389,11 +414,19 @@ class _Loader:
         domains = self._check_domain_targets(domains, burned_raw, accounts, aliases)
         postmaster = self._postmaster(data, domains, accounts, aliases)
         submission = self._submission(data, domains, accounts)
+        policy = self._policy(data)
+        dmarc = self._dmarc_reports(data, domains)
+        for index, listener in enumerate(listeners):
+            if listener.policy not in ("", "none") and listener.policy not in policy.rulesets:
+                self.error(key_path("listeners", index, "policy"),
+                           f"no ruleset named {listener.policy!r}",
+                           allowed=", ".join(["none", *policy.rulesets]))
 
         config = Config(
             path=self.path, hostname=hostname, data_dir=data_dir, run_as=run_as,
             postmaster=postmaster, log=log, tls=tls, smtp=smtp, auth=auth, imap=imap, pop3=pop3,
-            submission=submission, queue=queue, delivery=delivery, listeners=listeners,
+            submission=submission, queue=queue, delivery=delivery, policy=policy,
+            dmarc=dmarc, listeners=listeners,
             domains=_frozen(domains), accounts=_frozen(accounts),
             aliases=_frozen({k: v[0] for k, v in aliases.items()}),
         )
@@ -473,6 +506,45 @@ class _Loader:
                       "5 minutes for the next command")
         return smtp
 
+    def _auth(self, data: Mapping[str, Any]) -> AuthConfig:
+        auth = self._limits_section(data, "auth", AuthConfig, _AUTH_RANGES,
+                                    ("cram_md5", "allow_plaintext_loopback"))
+        table = data.get("auth")
+        if not isinstance(table, dict):
+            return auth
+        if auth.ban_duration > auth.ban_max_duration:
+            self.error("auth.ban_duration", "longer than ban_max_duration",
+                       allowed="a duration not above ban_max_duration")
+        if "ban_allow" not in table:
+            return auth
+        value = table["ban_allow"]
+        if not isinstance(value, list):
+            self.error("auth.ban_allow", f"expected an array of networks, got {_describe(value)}",
+                       allowed='e.g. ["127.0.0.0/8", "::1/128", "192.0.2.0/24"]')
+            return auth
+        if len(value) > MAX_BAN_ALLOW:
+            self.error("auth.ban_allow", f"has {len(value)} entries",
+                       allowed=f"at most {MAX_BAN_ALLOW}")
+            return auth
+        networks: list[str] = []
+        for index, raw in enumerate(value):
+            try:
+                if not isinstance(raw, str):
+                    raise ValueError
+                networks.append(str(ipaddress.ip_network(raw.strip(), strict=False)))
+            except ValueError:
+                self.error(key_path("auth", "ban_allow", index), f"{raw!r} is not a network",
+                           allowed='e.g. "192.0.2.0/24" or "2001:db8::/32"')
+        parsed = [ipaddress.ip_network(n) for n in networks]
+        for loopback in (ipaddress.ip_network("127.0.0.1/32"), ipaddress.ip_network("::1/128")):
+            if not any(loopback.version == n.version and loopback.subnet_of(n)  # type: ignore[arg-type]
+                       for n in parsed):
+                self.warn("auth.ban_allow", f"{loopback.network_address} is not in the list: "
+                          "a local webmail, proxy or check that logs in for many users can "
+                          "get loopback banned, and with it every one of them")
+                break
+        return replace(auth, ban_allow=tuple(networks))
+
     def _limits_section(self, data: Mapping[str, Any], name: str, cls: type,
                         ranges: Mapping[str, tuple[float, float]],
                         booleans: Sequence[str] = ()) -> Any:
@@ -541,6 +613,200 @@ class _Loader:
             senders[address] = tuple(names)
         values["senders"] = _frozen(senders)
         return SubmissionConfig(**values)
+
+    def _policy(self, data: Mapping[str, Any]) -> PolicyConfig:
+        table = self.table(data.get("policy"), "policy")
+        defaults = PolicyConfig()
+        if not table:
+            return replace(defaults, compiled=_frozen({"": self._rules(
+                list(defaults.rules), ("policy", "rules"))}))
+        prefix: tuple[str | int, ...] = ("policy",)
+        self.known_keys(table, POLICY_KEYS, *prefix)
+        rules = (tuple(v for _, v in self._string_list(table, "rules", prefix))
+                 if "rules" in table else defaults.rules)
+        compiled = {"": self._rules(list(rules), (*prefix, "rules"))}
+        rulesets: dict[str, tuple[str, ...]] = {}
+        for name, value in (self.table(table.get("rulesets"), *prefix, "rulesets") or {}).items():
+            if name in ("", "none") or not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                self.error(key_path(*prefix, "rulesets", name), "not a usable ruleset name",
+                           allowed="letters, digits, - and _ (not \"none\")")
+                continue
+            texts = tuple(v for _, v in self._string_list(
+                {name: value}, name, (*prefix, "rulesets")))
+            rulesets[name] = texts
+            compiled[name] = self._rules(list(texts), (*prefix, "rulesets", name))
+        networks = []
+        for index, raw in self._string_list(table, "trusted_networks", prefix):
+            try:
+                networks.append(str(ipaddress.ip_network(raw, strict=False)))
+            except ValueError:
+                self.error(key_path(*prefix, "trusted_networks",
+                                    *(() if index is None else (index,))),
+                           f"{raw!r} is not a network", allowed="e.g. \"192.0.2.0/24\"")
+        sealers = []
+        for index, raw in self._string_list(table, "trusted_arc_sealers", prefix):
+            try:
+                sealers.append(canonical_domain(raw))
+            except InvalidName as exc:
+                self.error(key_path(*prefix, "trusted_arc_sealers",
+                                    *(() if index is None else (index,))), str(exc))
+        grace_percent = self.number(table, "quota_grace", prefix, defaults.quota_grace * 100,
+                                    0, 100, "int") if "quota_grace" in table else None
+        return PolicyConfig(
+            rules=rules, rulesets=_frozen(rulesets), compiled=_frozen(compiled),
+            trusted_networks=(tuple(networks) if "trusted_networks" in table
+                              else defaults.trusted_networks),
+            authserv_id=self.string(table, "authserv_id", prefix) or None,
+            received_spf=self.boolean(table, "received_spf", prefix, defaults.received_spf),
+            greet_wait=self.number(table, "greet_wait", prefix, defaults.greet_wait, 0, 60,
+                                   "duration"),
+            greet_ttl=self.number(table, "greet_ttl", prefix, defaults.greet_ttl, 0,
+                                  86400 * 30, "duration"),
+            dns_timeout=self.number(table, "dns_timeout", prefix, defaults.dns_timeout, 0.1,
+                                    60, "duration"),
+            verify_timeout=self.number(table, "verify_timeout", prefix,
+                                       defaults.verify_timeout, 1, 300, "duration"),
+            trusted_arc_sealers=tuple(sealers),
+            quota_grace=(grace_percent / 100 if grace_percent is not None
+                         else defaults.quota_grace),
+            dnsbl=self._dnsbl(table, prefix),
+            greylist=self._greylist(table, prefix),
+            clamav=self._clamav(table, prefix),
+            rspamd=self._rspamd(table, prefix),
+        )
+
+    def _rules(self, texts: list[str], where: tuple[str | int, ...]) -> tuple[Any, ...]:
+        from mailkeep.policy.rules import RuleError, parse_rules
+
+        try:
+            return parse_rules(texts, base_dir=self.base_dir)
+        except RuleError as exc:
+            self.error(key_path(*where, *(() if exc.index is None else (exc.index,))),
+                       str(exc), allowed=exc.allowed)
+            return ()
+
+    def _dnsbl(self, parent: Mapping[str, Any], prefix: tuple[str | int, ...]) -> DnsblConfig:
+        from mailkeep.trust.dnsbl import DnsblSyntaxError, parse_postscreen_sites
+
+        prefix = (*prefix, "dnsbl")
+        table = self.table(parent.get("dnsbl"), *prefix)
+        defaults = DnsblConfig()
+        if not table:
+            return defaults
+        self.known_keys(table, DNSBL_KEYS, *prefix)
+        sites = (tuple(v for _, v in self._string_list(table, "sites", prefix))
+                 if "sites" in table else defaults.sites)
+        try:
+            parse_postscreen_sites(", ".join(sites))
+        except DnsblSyntaxError as exc:
+            self.error(key_path(*prefix, "sites"), str(exc),
+                       allowed="postscreen_dnsbl_sites entries: zone[=filter][*weight]")
+            sites = ()
+        config = DnsblConfig(
+            sites=sites,
+            threshold=self.number(table, "threshold", prefix, defaults.threshold, 1, 1000,
+                                  "int"),
+            allow_threshold=self.number(table, "allow_threshold", prefix,
+                                        defaults.allow_threshold, -1000, -1, "int"),
+            action=self.choice(table, "action", prefix, DNSBL_ACTIONS, defaults.action)
+            or defaults.action,
+            check_private_addresses=self.boolean(table, "check_private_addresses", prefix,
+                                                 defaults.check_private_addresses),
+        )
+        return config
+
+    def _greylist(self, parent: Mapping[str, Any], prefix: tuple[str | int, ...]
+                  ) -> GreylistConfig:
+        prefix = (*prefix, "greylist")
+        table = self.table(parent.get("greylist"), *prefix)
+        defaults = GreylistConfig()
+        if not table:
+            return defaults
+        self.known_keys(table, GREYLIST_KEYS, *prefix)
+        config = GreylistConfig(
+            delay=self.number(table, "delay", prefix, defaults.delay, 0, 86400, "duration"),
+            retry_window=self.number(table, "retry_window", prefix, defaults.retry_window,
+                                     60, 86400 * 30, "duration"),
+            auto_allow=self.number(table, "auto_allow", prefix, defaults.auto_allow, 0,
+                                   86400 * 365, "duration"))
+        if config.retry_window <= config.delay:
+            self.error(key_path(*prefix, "retry_window"), "must be longer than delay",
+                       allowed="a duration above delay")
+            config = replace(config, retry_window=config.delay + 86400)
+        return config
+
+    def _clamav(self, parent: Mapping[str, Any], prefix: tuple[str | int, ...]) -> ClamavConfig:
+        prefix = (*prefix, "clamav")
+        table = self.table(parent.get("clamav"), *prefix)
+        defaults = ClamavConfig()
+        if not table:
+            return defaults
+        self.known_keys(table, CLAMAV_KEYS, *prefix)
+        socket = self.string(table, "socket", prefix) or None
+        if socket is not None:
+            from mailkeep.policy.clamd import parse_clamd_address
+
+            try:
+                parse_clamd_address(socket)
+            except ValueError as exc:
+                self.error(key_path(*prefix, "socket"), str(exc),
+                           allowed="/path/to/clamd.ctl, host:port or [IPv6]:port")
+                socket = None
+        return ClamavConfig(
+            socket=socket,
+            on_error=self.choice(table, "on_error", prefix, SCANNER_ON_ERROR,
+                                 defaults.on_error) or defaults.on_error,
+            max_size=self.number(table, "max_size", prefix, defaults.max_size, 1024,
+                                 1 << 32, "size"),
+            timeout=self.number(table, "timeout", prefix, defaults.timeout, 1, 600,
+                                "duration"))
+
+    def _rspamd(self, parent: Mapping[str, Any], prefix: tuple[str | int, ...]) -> RspamdConfig:
+        prefix = (*prefix, "rspamd")
+        table = self.table(parent.get("rspamd"), *prefix)
+        defaults = RspamdConfig()
+        if not table:
+            return defaults
+        self.known_keys(table, RSPAMD_KEYS, *prefix)
+        url = self.string(table, "url", prefix) or None
+        if url is not None and not re.match(r"https?://[^/\s]+", url):
+            self.error(key_path(*prefix, "url"), f"{url!r} is not an HTTP URL",
+                       allowed="e.g. \"http://127.0.0.1:11333\"")
+            url = None
+        password_file = self.string(table, "password_file", prefix)
+        return RspamdConfig(
+            url=url,
+            on_error=self.choice(table, "on_error", prefix, SCANNER_ON_ERROR,
+                                 defaults.on_error) or defaults.on_error,
+            max_size=self.number(table, "max_size", prefix, defaults.max_size, 1024,
+                                 1 << 32, "size"),
+            timeout=self.number(table, "timeout", prefix, defaults.timeout, 1, 600,
+                                "duration"),
+            password_file=self.file_path(password_file) if password_file else None)
+
+    def _dmarc_reports(self, data: Mapping[str, Any], domains: Mapping[str, Domain]
+                       ) -> DmarcReportsConfig:
+        table = self.table(data.get("dmarc"), "dmarc")
+        if not table:
+            return DmarcReportsConfig()
+        prefix: tuple[str | int, ...] = ("dmarc",)
+        self.known_keys(table, DMARC_KEYS, *prefix)
+        address = self.string(table, "report_address", prefix)
+        if address:
+            address = self._local_address(address, key_path(*prefix, "report_address"),
+                                          domains)
+        report_from = self.string(table, "report_from", prefix)
+        if report_from:
+            try:
+                report_from = canonical_address(report_from)
+            except InvalidName as exc:
+                self.error(key_path(*prefix, "report_from"), str(exc))
+                report_from = None
+        return DmarcReportsConfig(
+            report_address=address or None,
+            send_reports=self.boolean(table, "send_reports", prefix, False),
+            report_from=report_from or None,
+            org_name=self.string(table, "org_name", prefix) or None)
 
     def _delivery(self, data: Mapping[str, Any]) -> DeliveryConfig:
         relays = self._relays(data)
@@ -691,6 +957,12 @@ class _Loader:
             listener = self._listener(protocol, address, tls or "none", prefix)
             if listener is None:
                 continue
+            policy = self.string(table, "policy", prefix, "") or ""
+            if policy and protocol != "smtp":
+                self.error(key_path(*prefix, "policy"), "only smtp listeners have a policy "
+                           "(submission has its own rules, LMTP is trusted)")
+                policy = ""
+            listener = replace(listener, policy=policy)
             identity = ("unix", listener.path) if listener.path else ("tcp", listener.host, listener.port)
             if identity in seen and listener.port != 0:
                 self.error(key_path(*prefix, "address"),

@@ -42,6 +42,7 @@ class InvalidName(ValueError):
     """A domain or address that cannot be used; the message says why, for a person."""
 
 
+@lru_cache(maxsize=4096)
 def canonical_domain(name: str) -> str:
     """The lower-case IDNA A-label form of a domain (U-labels and any case accepted).
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 LogFormat = Literal["logfmt", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -115,6 +115,9 @@ class SmtpConfig:
     max_recipients: int = 100
     max_connections: int = 500
     max_connections_per_ip: int = 20
+    #: New connections per minute from one address (Postfix
+    #: smtpd_client_connection_rate_limit); 0: no limit. ``[auth] ban_allow`` is exempt.
+    max_connection_rate_per_ip: int = 60
     max_commands: int = 1000
     soft_error_limit: int = 3
     hard_error_limit: int = 5
@@ -149,6 +152,16 @@ class AuthConfig:
     login_cache_ttl: float = 3600.0
     #: PBKDF2 iterations of new SCRAM verifiers (RFC 7677 §4: at least 4096).
     scram_iterations: int = 4096
+    #: Failed logins from one address (IPv6: its /64) within ``ban_window``, over SMTP
+    #: AUTH, IMAP and POP3, that ban it from every listener (docs/auth.md); 0: no bans.
+    ban_after_failures: int = 20
+    ban_window: float = 3600.0
+    #: The first ban's length; each further ban of the address doubles it, up to
+    #: ``ban_max_duration`` (which is also how long a past ban is remembered).
+    ban_duration: float = 3600.0
+    ban_max_duration: float = 7 * 86400.0
+    #: Networks never banned and exempt from the connection rate limits.
+    ban_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,9 @@ class ImapConfig:
 
     max_connections: int = 5000
     max_connections_per_ip: int = 100
+    #: New connections per minute from one address; 0: no limit (``[auth] ban_allow`` is
+    #: exempt).
+    max_connection_rate_per_ip: int = 120
     max_connections_per_account: int = 50
     max_line: int = 65536
     #: APPENDLIMIT (RFC 7889): the largest message APPEND accepts.
@@ -176,6 +192,9 @@ class Pop3Config:
 
     max_connections: int = 2000
     max_connections_per_ip: int = 50
+    #: New connections per minute from one address; 0: no limit (``[auth] ban_allow`` is
+    #: exempt).
+    max_connection_rate_per_ip: int = 60
     #: Logged-in sessions of one account ([IN-USE] beyond it, RFC 2449 §8.1.1).
     max_connections_per_account: int = 10
     max_line: int = 512
@@ -285,6 +304,124 @@ class DeliveryConfig:
     connect_timeout: float = 30.0
 
 
+#: The inbound policy of port 25 when the file names none: the seeds' restrictions, in the
+#: order a transaction meets them (docs/inbound-policy.md explains each rule).
+DEFAULT_POLICY_RULES: tuple[str, ...] = (
+    "permit_trusted_networks",
+    "reject_pregreet",
+    "dnsbl",
+    "reject_unauth_pipelining",
+    "reject_invalid_helo_hostname",
+    "reject_non_fqdn_helo_hostname",
+    "reject_our_helo",
+    "reject_non_fqdn_sender",
+    "reject_unknown_sender_domain",
+    "greylist",
+    "reject_spoofed_own_domain",
+    "dmarc",
+    "clamav",
+    "rspamd",
+)
+#: Seed 002's postscreen_dnsbl_sites.
+DEFAULT_DNSBL_SITES: tuple[str, ...] = ("zen.spamhaus.org", "bl.spamcop.net")
+DNSBL_ACTIONS: tuple[str, ...] = ("reject", "drop", "ignore")
+SCANNER_ON_ERROR: tuple[str, ...] = ("tempfail", "accept")
+
+
+@dataclass(frozen=True)
+class DnsblConfig:
+    """``[policy.dnsbl]``: DNS blocklists, in postscreen_dnsbl_sites syntax."""
+
+    #: "zone[=filter][*weight]"; negative weights are allow-lists (DNSWL).
+    sites: tuple[str, ...] = DEFAULT_DNSBL_SITES
+    threshold: int = 1
+    allow_threshold: int = -1
+    #: reject: 554 at the first RCPT; drop: 521 in place of the greeting; ignore: log only.
+    action: str = "reject"
+    #: Look up loopback and private client addresses too (for tests; lists never hold them).
+    check_private_addresses: bool = False
+
+
+@dataclass(frozen=True)
+class GreylistConfig:
+    """``[policy.greylist]``: seed 000's greyfix, natively."""
+
+    delay: float = 300.0
+    retry_window: float = 2 * 86400.0
+    auto_allow: float = 35 * 86400.0
+
+
+@dataclass(frozen=True)
+class ClamavConfig:
+    """``[policy.clamav]``: clamd; no socket = no scanning (the rule does nothing)."""
+
+    socket: str | None = None
+    on_error: str = "tempfail"
+    max_size: int = 25 * 1024 * 1024
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class RspamdConfig:
+    """``[policy.rspamd]``: rspamd's HTTP protocol; no url = not used."""
+
+    url: str | None = None
+    on_error: str = "accept"
+    max_size: int = 20 * 1024 * 1024
+    timeout: float = 20.0
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class DmarcReportsConfig:
+    """``[dmarc]``: aggregate reports received (ingested) and sent."""
+
+    #: Mail to this address is read as DMARC aggregate reports (and delivered as usual).
+    report_address: str | None = None
+    send_reports: bool = False
+    report_from: str | None = None   # default postmaster@<hostname>
+    org_name: str | None = None      # default the hostname
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """``[policy]``: how mail from the Internet is judged (listeners of protocol smtp).
+
+    ``rules`` is the ordered policy of port 25; ``[policy.rulesets] NAME = [...]`` define others
+    that a listener picks with ``policy = "NAME"``. Rules run in transaction order; the
+    first that decides (permit, reject, defer) ends the evaluation.
+    """
+
+    rules: tuple[str, ...] = DEFAULT_POLICY_RULES
+    rulesets: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    #: The parsed rules (mailkeep.policy.rules.Rule) by ruleset name; "" is ``rules``.
+    compiled: Mapping[str, tuple[Any, ...]] = field(default_factory=lambda: MappingProxyType({}))
+    #: Clients in these networks skip the policy (Postfix mynetworks + permit_mynetworks).
+    trusted_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: Who we are in Authentication-Results (RFC 8601 §2.5); default the hostname.
+    authserv_id: str | None = None
+    #: Add a Received-SPF field (RFC 7208 §9.1) as well (seed 002 shows one).
+    received_spf: bool = False
+    #: postscreen_greet_wait: how long a new client must stay silent after "220-".
+    greet_wait: float = 6.0
+    #: How long a client that passed the pregreet test is not tested again (postscreen).
+    greet_ttl: float = 86400.0
+    #: A single DNS lookup's time limit, and the time limit of all verification of one
+    #: message (SPF, DKIM, DMARC, ARC, iprev together).
+    dns_timeout: float = 5.0
+    verify_timeout: float = 20.0
+    #: DMARC fail with p=reject from a forwarder whose ARC seal passes and whose sealing
+    #: domain is listed here: delivered (to Junk when quarantine) instead of refused.
+    trusted_arc_sealers: tuple[str, ...] = ()
+    #: Share above the quota a message may still be accepted at RCPT time (Dovecot's
+    #: quota_grace; seed 004's quota-status).
+    quota_grace: float = 0.10
+    dnsbl: DnsblConfig = field(default_factory=DnsblConfig)
+    greylist: GreylistConfig = field(default_factory=GreylistConfig)
+    clamav: ClamavConfig = field(default_factory=ClamavConfig)
+    rspamd: RspamdConfig = field(default_factory=RspamdConfig)
+
+
 @dataclass(frozen=True)
 class Listener:
     """``[[listeners]]``: one socket the server listens on.
@@ -299,6 +436,8 @@ class Listener:
     host: str | None = None
     port: int | None = None
     path: Path | None = None
+    #: The inbound policy (protocol smtp): "" = [policy] rules, "none", or a ruleset name.
+    policy: str = ""
 
     @property
     def is_unix(self) -> bool:
@@ -358,6 +497,8 @@ class Config:
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    dmarc: DmarcReportsConfig = field(default_factory=DmarcReportsConfig)
     listeners: tuple[Listener, ...] = ()
     domains: Mapping[str, Domain] = field(default_factory=_frozen_map)
     accounts: Mapping[str, Account] = field(default_factory=_frozen_map)

@@ -102,10 +102,10 @@ class Envelope:
 
 
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
-# A recipient that passed the quota check at RCPT time may exceed its quota by this share
-# at end of data: SMTP has a single reply for all recipients, and refusing one of them
-# then would make the sender resend to all (duplicates). Dovecot's quota_grace does the same.
-QUOTA_GRACE = 0.10
+# A recipient that passed the quota check at RCPT time may exceed its quota by a share
+# ([policy] quota_grace, default 10 %) at end of data: SMTP has a single reply for all
+# recipients, and refusing one of them then would make the sender resend to all
+# (duplicates). Dovecot's quota_grace does the same.
 # Remember the size of a message an account refused for quota this long, so that the
 # retry is refused at RCPT time for that account alone.
 QUOTA_MEMORY_SECONDS = 3600.0
@@ -183,29 +183,36 @@ class Pipeline:
         return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
     async def deliver(self, session: SessionInfo, envelope: Envelope, body: bytes | Path,
-                      size: int, msg_id: str, *, received: bytes | None = None) -> list[Reply]:
+                      size: int, msg_id: str, *, received: bytes | None = None,
+                      extra_headers: bytes = b"", folder: str | None = None) -> list[Reply]:
         """Store the message for every accepted recipient; one reply per recipient.
 
         ``received`` replaces the Received field built from the session (submission writes
         its own, without the client's address, followed by its DKIM signatures).
+        ``extra_headers`` follow it (the inbound policy's Authentication-Results...);
+        ``folder`` overrides every target's folder (the policy's "Junk").
         """
         # One copy per (account, folder), as Postfix's duplicate filter does.
         groups: dict[Target, list[int]] = {}
         for index, rcpt in enumerate(envelope.recipients):
             for target in rcpt.targets:
+                if folder is not None:
+                    target = Target(target.account, folder)
                 groups.setdefault(target, []).append(index)
         return_path = f"Return-Path: <{envelope.sender or ''}>\r\n".encode()
         single = envelope.recipients[0].address if len(envelope.recipients) == 1 else None
         if received is None:
             received = self.received_header(session, envelope, msg_id, single)
         requests = []
+        grace = self.config.policy.quota_grace
         for target in groups:
             qbytes, qmsgs = self._quota(target.account)
             if qbytes is not None:
-                qbytes += int(qbytes * QUOTA_GRACE)
+                qbytes += int(qbytes * grace)
             if qmsgs is not None:
-                qmsgs += max(1, int(qmsgs * QUOTA_GRACE))
-            prefix = return_path + f"Delivered-To: {target.account}\r\n".encode() + received
+                qmsgs += max(1, int(qmsgs * grace)) if grace > 0 else 0
+            prefix = (return_path + f"Delivered-To: {target.account}\r\n".encode() + received
+                      + extra_headers)
             requests.append(DeliveryRequest(
                 account=target.account, mailbox=target.folder, prefix=prefix, source=body,
                 quota_bytes=qbytes, quota_messages=qmsgs))

@@ -127,12 +127,15 @@ def _port(text: str, whole: str) -> int:
 
 
 def make_resolver(nameservers: Sequence[str] | None = None, port: int = 53, *,
-                  timeout: float = DEFAULT_TIMEOUT) -> dns.asyncresolver.Resolver:
+                  timeout: float = DEFAULT_TIMEOUT,
+                  cache_size: int = 0) -> dns.asyncresolver.Resolver:
     """An asyncio resolver that asks for DNSSEC status (DO bit, RFC 3225).
 
     ``nameservers`` are IP addresses, optionally with their own port ("127.0.0.1:5353",
     "[::1]:5353"; see :func:`parse_nameserver`), else on ``port``; None reads
     /etc/resolv.conf. ``timeout`` bounds each lookup as a whole (all servers and retries).
+    ``cache_size`` > 0 keeps that many answers, positive and negative, for their TTL
+    (dnspython's LRU cache): the inbound policy asks the same names for every message.
     """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
@@ -154,6 +157,8 @@ def make_resolver(nameservers: Sequence[str] | None = None, port: int = 53, *,
     resolver.flags = dns.flags.RD | dns.flags.AD
     resolver.lifetime = timeout
     resolver.timeout = min(PER_SERVER_TIMEOUT, timeout)
+    if cache_size > 0:
+        resolver.cache = dns.resolver.LRUCache(cache_size)
     return resolver
 
 

@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from mailkeep.addressing import Resolver
+from mailkeep.bans import BanList, BanPolicy, ban_refusal
 from mailkeep.config import Config, ConfigError, load_config
 from mailkeep.delivery.pipeline import Pipeline
 from mailkeep.delivery.submission import RateLimiter, Submission
 from mailkeep.dkim.keys import DkimKeys
 from mailkeep.logfmt import log, setup_logging
+from mailkeep.outbound.dns import make_resolver
 from mailkeep.queue.pickup import Pickup
 from mailkeep.queue.scheduler import Scheduler
 from mailkeep.queue.store import QueueStore
@@ -153,6 +155,10 @@ def drop_privileges(user: str, data_dir: Path) -> None:
     log(logger, "dropped privileges", user=user, uid=entry.pw_uid)
 
 
+#: Answers the inbound policy's resolver keeps (SPF, DKIM keys, DMARC, DNSBL, PTR).
+DNS_CACHE_SIZE = 50_000
+
+
 class Server:
     def __init__(self, config_path: Path, *, banner=None):
         self.config_path = Path(config_path)
@@ -164,6 +170,9 @@ class Server:
         self.authenticator: Any = None
         self.imap_counts = ConnectionCounts()
         self.pop3_counts: Any = None
+        # Brute-force bans (data_dir/bans.db), opened after the privilege drop; one list
+        # for the authenticator and every listener.
+        self.bans: BanList | None = None
         self.pop3_login_times: Any = None
         self.bound: dict[ListenerKey, socket.socket] = {}
         self.stopping: asyncio.Event | None = None  # created in run(), inside the loop
@@ -178,6 +187,15 @@ class Server:
         self.pickup: Any = None
         self.dkim: Any = None
         self.rates = RateLimiter()
+        # Receiving: the inbound policy of the current config (built on first use and on
+        # each reload), its DNS resolver (whose cache outlives reloads) and greylist.
+        self._inbound: tuple[Config, Any] | None = None
+        self._inbound_resolver: tuple[tuple[str, ...], float, Any] | None = None
+        self.greylist: Any = None
+        # DMARC aggregate reports: received ones are read into this store, our own are
+        # recorded there and sent daily by the reporter (docs/dmarc-reports.md).
+        self.dmarc_store: Any = None
+        self.dmarc_reporter: Any = None
 
     # -- assembling the runtime from a config ------------------------------------------
 
@@ -224,7 +242,66 @@ class Server:
             submission=submission,
             authenticator=self.authenticator if submission is not None else None,
             allow_plaintext_loopback=config.auth.allow_plaintext_loopback,
+            policy=self.inbound_policy(config) if listener.protocol == "smtp" else None,
+            policy_rules=(self.inbound_policy(config).rules_for(listener.policy)
+                          if listener.protocol == "smtp" else None),
+            queue=self.queue,
+            dmarc_store=self.dmarc_store,
+            dmarc_report_address=config.dmarc.report_address,
         )
+
+    def inbound_policy(self, config: Config) -> Any:
+        """The inbound policy of ``config``, built once per config snapshot."""
+        if self._inbound is not None and self._inbound[0] is config:
+            return self._inbound[1]
+        from mailkeep.policy.inbound import InboundPolicy
+
+        settings = config.policy
+        resolvers = tuple(config.delivery.resolvers)
+        if (self._inbound_resolver is None
+                or self._inbound_resolver[:2] != (resolvers, settings.dns_timeout)):
+            resolver = make_resolver(list(resolvers) or None, timeout=settings.dns_timeout,
+                                     cache_size=DNS_CACHE_SIZE)
+            self._inbound_resolver = (resolvers, settings.dns_timeout, resolver)
+        resolver = self._inbound_resolver[2]
+        names = {rule.name for rules in settings.compiled.values() for rule in rules}
+        greylist = dnsbl = clamd = rspamd = None
+        if "greylist" in names:
+            from mailkeep.policy.greylist import Greylist
+
+            if self.greylist is not None:
+                self.greylist.close()
+            greylist = self.greylist = Greylist(
+                config.data_dir / "greylist.db", delay=settings.greylist.delay,
+                retry_window=settings.greylist.retry_window,
+                auto_allow=settings.greylist.auto_allow)
+        if "dnsbl" in names and settings.dnsbl.sites:
+            from mailkeep.trust.dnsbl import DnsblChecker, parse_postscreen_sites
+
+            entries = parse_postscreen_sites(", ".join(settings.dnsbl.sites))
+            dnsbl = DnsblChecker(entries, threshold=settings.dnsbl.threshold,
+                                 allow_threshold=settings.dnsbl.allow_threshold,
+                                 resolver=resolver,
+                                 skip_non_global=not settings.dnsbl.check_private_addresses)
+        if "clamav" in names and settings.clamav.socket:
+            from mailkeep.policy.clamd import ClamdClient
+
+            clamd = ClamdClient(settings.clamav.socket, timeout=settings.clamav.timeout,
+                                max_scan_size=settings.clamav.max_size)
+        if "rspamd" in names and settings.rspamd.url:
+            from mailkeep.policy.rspamd import RspamdClient
+
+            password = None
+            if settings.rspamd.password_file is not None:
+                password = settings.rspamd.password_file.read_text().strip()
+            rspamd = RspamdClient(settings.rspamd.url, timeout=settings.rspamd.timeout,
+                                  max_size=settings.rspamd.max_size, password=password)
+        policy = InboundPolicy(config, resolver=resolver, greylist=greylist, dnsbl=dnsbl,
+                               clamd=clamd, rspamd=rspamd,
+                               dmarc_reports=(self.dmarc_store if config.dmarc.send_reports
+                                              else None))
+        self._inbound = (config, policy)
+        return policy
 
     @staticmethod
     def spool_dir(config: Config) -> Path:
@@ -258,16 +335,26 @@ class Server:
         return self._receiver_context(config, pipeline, listener)
 
     def _make_listener(self, key: ListenerKey, context: Any) -> Any:
+        server = self._new_listener(key, context)
+        # A banned client is refused by every listener, in its protocol, before a session.
+        server.enforce_bans(self.bans, lambda: ban_refusal(
+            key.family, self.config.hostname, server.context.implicit_tls))
+        return server
+
+    def _new_listener(self, key: ListenerKey, context: Any) -> Any:
         if key.family == "imap":
             return IMAPListener(key.address, context, self.imap_counts)
         if key.family == "pop3":
             # One counter and one login table for every POP3 listener: the [pop3] limits
             # and LOGIN-DELAY apply to the server, not to each port.
             if self.pop3_counts is None:
-                self.pop3_counts, self.pop3_login_times = ConnectionCounts(), LoginTimes()
+                self.pop3_counts = ConnectionCounts(bans=self.bans)
+                self.pop3_login_times = LoginTimes()
             return POP3Listener(key.address, context, self.pop3_counts,
                                 self.pop3_login_times)
-        return SMTPListener(key.address, context)
+        smtp = SMTPListener(key.address, context)
+        smtp.counter.bans = self.bans  # its allow-list is exempt from the connection rate
+        return smtp
 
     def bind_all(self) -> None:
         for listener in self._served_listeners(self.config):
@@ -311,7 +398,9 @@ class Server:
                     run_as=config.run_as)
         self.store = await asyncio.to_thread(open_store, config.data_dir)
         self._ensure_accounts(config)
-        self.authenticator = Authenticator.from_config(config)
+        bans = self.bans = BanList.open(config.data_dir, BanPolicy.from_config(config.auth))
+        self.imap_counts.bans = bans
+        self.authenticator = Authenticator.from_config(config, bans=bans)
         self.fts = await asyncio.to_thread(open_fts, self.store, config.data_dir)
         self.indexer = BackgroundIndexer(self.store, self.fts)
         self.indexer.watch(self._mailbox_accounts(config))
@@ -322,6 +411,18 @@ class Server:
         self.scheduler = Scheduler(config, self.queue, pipeline, data_dir=config.data_dir)
         self.pickup = Pickup(config.data_dir / "queue" / "maildrop", lambda: self.submission(
             self.config, Pipeline(self.config, self.store, Resolver(self.config))))
+        if config.dmarc.report_address or config.dmarc.send_reports:
+            from mailkeep.reports.dmarc_send import DmarcReporter, ReportSettings
+            from mailkeep.reports.dmarc_store import DmarcStore
+
+            self.dmarc_store = await asyncio.to_thread(DmarcStore.for_data_dir,
+                                                       config.data_dir)
+            if config.dmarc.send_reports:
+                self.dmarc_reporter = DmarcReporter(
+                    self.dmarc_store, lambda: self.submission(
+                        self.config, Pipeline(self.config, self.store, Resolver(self.config))),
+                    ReportSettings.from_config(config),
+                    make_resolver(list(config.delivery.resolvers) or None))
         for listener in self._served_listeners(config):
             key = listener_key(listener)
             server = self._make_listener(key, self._context(config, pipeline, listener))
@@ -329,6 +430,9 @@ class Server:
             self.listeners[key] = server
         loop = asyncio.get_running_loop()
         scheduler_task = loop.create_task(self.scheduler.run())
+        reporter_task = None
+        if self.dmarc_reporter is not None:
+            reporter_task = loop.create_task(self.dmarc_reporter.run(self.stopping))
         pickup_task = loop.create_task(self.pickup.run())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -343,10 +447,13 @@ class Server:
             self.banner(config)
         self.ready.set()
         tls_task = loop.create_task(self._watch_certificates())
+        # `mailkeep ban add|lift` take effect within a second, without a reload.
+        bans_task = loop.create_task(bans.watch())
         try:
             await self.stopping.wait()
         finally:
             tls_task.cancel()
+            bans_task.cancel()
             log(logger, "stopping")
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
             self.pickup.stop()
@@ -356,8 +463,17 @@ class Server:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await asyncio.to_thread(self.queue.close)
+            if reporter_task is not None:
+                reporter_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reporter_task
+            if self.dmarc_store is not None:
+                await asyncio.to_thread(self.dmarc_store.close)
+            if self.greylist is not None:
+                self.greylist.close()
             await self.indexer.stop()
             await asyncio.to_thread(self.store.close)
+            bans.close()
             if self.fts is not None:
                 await asyncio.to_thread(self.fts.close)
             with contextlib.suppress(FileNotFoundError):
@@ -425,6 +541,10 @@ class Server:
         self._apply(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
         self.scheduler.update(config, pipeline)
+        if self.dmarc_reporter is not None:
+            from mailkeep.reports.dmarc_send import ReportSettings
+
+            self.dmarc_reporter.settings = ReportSettings.from_config(config)
         new_listeners = {listener_key(lst): lst for lst in self._served_listeners(config)}
         for key in set(self.listeners) - set(new_listeners):
             await self.listeners.pop(key).stop()

@@ -33,6 +33,7 @@ from mailkeep.delivery.pipeline import (
 )
 from mailkeep.delivery.submission import EIGHT_BIT_REFUSED, SubmitRequest
 from mailkeep.logfmt import log
+from mailkeep.policy.inbound import DataVerdict, cleanup_source
 from mailkeep.sasl import ClientInfo, SaslStep, UnsupportedMechanism
 from mailkeep.servers import tlsio
 from mailkeep.servers.listener import REFUSALS, ConnectionCounts, SessionListener, is_loopback
@@ -64,6 +65,16 @@ class ReceiverContext:
     submission: Any = None        # mailkeep.delivery.submission.Submission
     authenticator: Any = None     # mailkeep.sasl.Authenticator
     allow_plaintext_loopback: bool = False
+    #: Port 25: the inbound policy (mailkeep.policy.inbound.InboundPolicy) and this
+    #: listener's rules (None: no policy, e.g. ``policy = "none"``); the queue holds
+    #: messages a rule put on HOLD.
+    policy: Any = None
+    policy_rules: tuple[Any, ...] | None = None
+    queue: Any = None
+    #: DMARC aggregate reports received at ``report_address`` are read into this store
+    #: (mailkeep.reports.dmarc_store.DmarcStore) and delivered as usual.
+    dmarc_store: Any = None
+    dmarc_report_address: str | None = None
 
 
 class SpooledBody:
@@ -145,6 +156,7 @@ class SMTPSession(asyncio.Protocol):
         self._channel_bindings: dict[str, bytes] = {}
         self._tls_version: str | None = None
         self._eight_bit = False
+        self.policy: Any = None   # mailkeep.policy.inbound.PolicySession (port 25)
 
     # -- asyncio.Protocol callbacks: feed the core, wake the session loop ---------------
 
@@ -161,21 +173,34 @@ class SMTPSession(asyncio.Protocol):
         self.conn = core.ServerConnection(self._session_config())
         limits = self.ctx.limits
         refused = self.counter.admit(self.info.client_ip, limits.max_connections,
-                                     limits.max_connections_per_ip)
+                                     limits.max_connections_per_ip,
+                                     limits.max_connection_rate_per_ip)
         if refused is not None:
             self._refuse(Reply(421, "4.7.0", f"{self.ctx.session_config.hostname} "
                                f"{REFUSALS[refused]}"), refused)
             return
         self._counted = True
         self.registry.add(self)
+        ctx = self.ctx
+        if ctx.policy is not None and ctx.policy_rules is not None and ctx.submission is None:
+            sockname = transport.get_extra_info("sockname")
+            local_ip = sockname[0] if isinstance(sockname, tuple) else None
+            session = ctx.policy.start(ctx.policy_rules, self.info.client_ip, local_ip)
+            if session.active:
+                self.policy = session
+            else:
+                session.close()
         if self.ctx.implicit_tls:
             # RFC 8314: TLS from the first byte. Nothing may reach the core before the
             # handshake; run() performs it with the certificate current at that moment.
             transport.pause_reading()
-        else:
+        elif self.policy is None or not self._greeting_test_needed():
             self.conn.greet()
             transport.write(self.conn.data_to_send())
         self.task = self.loop.create_task(self.run())
+
+    def _greeting_test_needed(self) -> bool:
+        return self.policy.greet_wait() > 0 or self.policy.drop_possible()
 
     # -- submission: who may authenticate, and how --------------------------------------
 
@@ -339,6 +364,9 @@ class SMTPSession(asyncio.Protocol):
                     return
                 conn.config = self._session_config(tls_active=True)
                 conn.greet()
+            elif (self.policy is not None and self._greeting_test_needed()
+                  and not await self._greeting_tests()):
+                return
             while True:
                 if self._pending_event is not None:
                     event, self._pending_event = self._pending_event, None
@@ -363,6 +391,8 @@ class SMTPSession(asyncio.Protocol):
             if self.body is not None:
                 self.body.discard()
                 self.body = None
+            if self.policy is not None:
+                self.policy.close()
             with contextlib.suppress(Exception):
                 self._flush()
             if not self._lost:
@@ -373,13 +403,47 @@ class SMTPSession(asyncio.Protocol):
                 rejected=self.stats["rejected"], errors=conn.error_count,
                 seconds=round(time.monotonic() - self.started, 3))
 
+    async def _greeting_tests(self) -> bool:
+        """postscreen's tests before the greeting: a client that talks during the
+        "220-" wait is flagged (reject_pregreet), a DNSBL-listed client is dropped when
+        the action is drop. False when the session ends here."""
+        conn, transport, policy = self.conn, self.transport, self.policy
+        assert conn is not None and transport is not None and policy is not None
+        wait = policy.greet_wait()
+        if wait > 0:
+            transport.write(f"220-{self.ctx.session_config.hostname} ESMTP\r\n".encode())
+            deadline = self.loop.time() + wait
+            while self.loop.time() < deadline and not conn.early_talker and not self._lost:
+                self._wakeup = self.loop.create_future()
+                timer = self.loop.call_later(deadline - self.loop.time(),
+                                             self._wake)
+                try:
+                    await self._wakeup
+                finally:
+                    timer.cancel()
+                    self._wakeup = None
+            if self._lost:
+                return False
+            policy.pregreet_result(conn.early_talker)
+        refusal = await policy.drop_at_greeting()
+        if refusal is not None:
+            self._refuse(refusal, "dnsbl")
+            return False
+        conn.greet()
+        self._flush()
+        return True
+
     def _handle_now(self, event: object) -> bool:
         """Handle an event that needs no waiting; False if it must go to _handle_later."""
         conn = self.conn
         assert conn is not None
         match event:
-            case core.Hello(domain=domain):
+            case core.Hello(verb=verb, domain=domain):
                 self.info.helo = domain
+                if self.policy is not None:
+                    self.policy.hello(verb, domain)
+                    if conn.has_unread_input:
+                        self.policy.command_with_input_after()
                 conn.accept()
             case core.MailFrom() if self._shutdown:
                 # Stopping: no new transaction may start (a 4xx makes the sender retry).
@@ -398,7 +462,13 @@ class SMTPSession(asyncio.Protocol):
                                          body_type=params.body, envid=params.envid,
                                          ret=params.ret, requiretls=params.requiretls)
                 self.mail_size_hint = params.size
+                if self.policy is not None:
+                    if conn.has_unread_input:
+                        self.policy.command_with_input_after()
+                    self.policy.mail_from(str(sender or ""))
                 conn.accept()
+            case core.RcptTo() if self.policy is not None:
+                return False   # the policy may look things up (DNS, greylist)
             case core.RcptTo(recipient=recipient, params=params):
                 assert self.envelope is not None
                 if self.ctx.submission is not None:
@@ -409,20 +479,18 @@ class SMTPSession(asyncio.Protocol):
                 else:
                     reply, targets = self.ctx.pipeline.recipient_decision(
                         recipient, self.mail_size_hint)
-                if reply.code < 300:
-                    self.envelope.recipients.append(AcceptedRecipient(
-                        recipient, targets, notify=params.notify, orcpt=params.orcpt))
-                    conn.accept(reply)
-                else:
-                    self.stats["rejected"] += 1
-                    log(logger, "recipient rejected", client=self.info.client_ip,
-                        helo=self.info.helo, to=str(recipient),
-                        from_=str(self.envelope.sender or ""), code=reply.code,
-                        reason=reply.text)
-                    # Counted like Postfix does, so guessing addresses is slowed down and
-                    # then disconnected by the error limits.
-                    conn.reject(reply, count_error=True)
+                self._answer_rcpt(recipient, params, reply, targets)
             case core.DataStart():
+                if self.policy is not None:
+                    if conn.has_unread_input:
+                        self.policy.data_with_input_after()
+                    refusal = self.policy.data_start()
+                    if refusal is not None:
+                        self.stats["rejected"] += 1
+                        log(logger, "data refused", logging.INFO, client=self.info.client_ip,
+                            code=refusal.code, reason=refusal.text)
+                        conn.reject(refusal, count_error=True)
+                        return True
                 self.body = SpooledBody(self.ctx.spool_dir)
                 self._eight_bit = False
                 conn.accept()
@@ -447,11 +515,46 @@ class SMTPSession(asyncio.Protocol):
                 pass  # Quit and purely informative events
         return True
 
+    def _answer_rcpt(self, recipient: Any, params: Any, reply: Reply, targets: Any) -> None:
+        conn = self.conn
+        assert conn is not None and self.envelope is not None
+        if reply.code < 300:
+            self.envelope.recipients.append(AcceptedRecipient(
+                recipient, targets, notify=params.notify, orcpt=params.orcpt))
+            conn.accept(reply)
+            return
+        self.stats["rejected"] += 1
+        log(logger, "recipient rejected", client=self.info.client_ip,
+            helo=self.info.helo, to=str(recipient),
+            from_=str(self.envelope.sender or ""), code=reply.code, reason=reply.text)
+        # Counted like Postfix does, so guessing addresses is slowed down and then
+        # disconnected by the error limits.
+        conn.reject(reply, count_error=True)
+
+    async def _policy_rcpt(self, recipient: Any, params: Any) -> None:
+        """RCPT on port 25 with a policy: ours first (relay, unknown user, quota: no
+        lookups), then the policy's rules for a recipient we would take."""
+        conn = self.conn
+        assert conn is not None and self.policy is not None
+        if conn.has_unread_input:
+            self.policy.command_with_input_after()
+        reply, targets = self.ctx.pipeline.recipient_decision(recipient, self.mail_size_hint)
+        if reply.code < 300:
+            refusal = await self.policy.check_recipient(str(recipient))
+            if refusal is not None:
+                reply, targets = refusal, ()
+        if self.envelope is None:   # the session was reset while we waited
+            conn.reject(Reply(503, "5.5.1", "Error: need MAIL command"))
+            return
+        self._answer_rcpt(recipient, params, reply, targets)
+
     async def _handle_later(self, event: object) -> None:
         """Events that wait: storing the message, the TLS handshake, the error sleep."""
         conn = self.conn
         assert conn is not None
         match event:
+            case core.RcptTo(recipient=recipient, params=params):
+                await self._policy_rcpt(recipient, params)
             case core.BodyEnd():
                 await self._end_of_data(event)
             case core.StartTLS():
@@ -471,6 +574,8 @@ class SMTPSession(asyncio.Protocol):
             self.body.discard()
             self.body = None
         self.envelope = None
+        if self.policy is not None:
+            self.policy.reset()
 
     async def _end_of_data(self, event: core.BodyEnd) -> None:
         conn = self.conn
@@ -505,17 +610,29 @@ class SMTPSession(asyncio.Protocol):
                 account=self.account or "", problem="8bit-undeclared", code=554)
             return
         source = body.finish()
+        verdict = None
         try:
             if self.ctx.submission is not None:
                 reply = await self.ctx.submission.submit(SubmitRequest(
                     session=self.info, account=self.account, envelope=envelope,
                     source=source, size=body.size, msg_id=msg_id))
                 replies = [reply] * len(envelope.recipients)
+            elif self.policy is not None:
+                verdict = await self.policy.check_message(
+                    source, body.size, msg_id=msg_id, recipients=recipients,
+                    spool_dir=self.ctx.spool_dir)
+                replies = await self._deliver_judged(envelope, source, body.size, msg_id,
+                                                     verdict)
             else:
                 replies = await self.ctx.pipeline.deliver(self.info, envelope, source,
                                                           body.size, msg_id)
+            await self._ingest_dmarc_report(envelope, source, msg_id, replies)
         finally:
             body.discard()
+            if verdict is not None:
+                cleanup_source(source, verdict.source)
+            if self.policy is not None:
+                self.policy.reset()
         self._answer_end(conn, replies)
         self.stats["messages"] += 1
         outcome = "delivered" if all(r.code < 300 for r in replies) else "partial"
@@ -531,6 +648,69 @@ class SMTPSession(asyncio.Protocol):
             tls=self.info.tls or "none", from_=str(envelope.sender or ""),
             to=",".join(recipients), size=body.size, outcome=outcome,
             codes=",".join(str(r.code) for r in replies), **dsn)
+
+    async def _ingest_dmarc_report(self, envelope: Envelope, source: bytes | Path,
+                                   msg_id: str, replies: list[Reply]) -> None:
+        address = self.ctx.dmarc_report_address
+        if self.ctx.dmarc_store is None or address is None:
+            return
+        if not any(str(r.address).lower() == address and reply.code < 300
+                   for r, reply in zip(envelope.recipients, replies, strict=True)):
+            return
+        from mailkeep.reports.dmarc_ingest import ingest_message
+
+        outcome = await asyncio.to_thread(
+            ingest_message, source, self.ctx.dmarc_store, source=msg_id,
+            our_domains=set(self.ctx.pipeline.config.domains))
+        log(logger, "dmarc report", id=msg_id, outcome=str(getattr(outcome, "status", outcome)))
+
+    async def _deliver_judged(self, envelope: Envelope, source: bytes | Path, size: int,
+                              msg_id: str, verdict: DataVerdict) -> list[Reply]:
+        """Carry out the policy's verdict: refuse, discard, hold, or store (maybe in
+        Junk) with the policy's header fields on top."""
+        count = len(envelope.recipients)
+        if verdict.reply is not None:
+            self.stats["rejected"] += 1
+            return [verdict.reply] * count
+        final = verdict.source if verdict.source is not None else source
+        final_size = verdict.size if verdict.size is not None else size
+        notes = verdict.notes
+        if verdict.disposition == "discard":
+            log(logger, "discarded", id=msg_id, client=self.info.client_ip,
+                from_=str(envelope.sender or ""), **notes)
+            return [Reply(250, "2.0.0", f"OK id={msg_id}")] * count
+        if verdict.disposition == "hold" and self.ctx.queue is not None:
+            return await self._hold(envelope, final, msg_id, verdict.headers)
+        folder = "Junk" if verdict.disposition == "junk" else None
+        if notes or folder:
+            log(logger, "verified", logging.DEBUG, id=msg_id, client=self.info.client_ip,
+                folder=folder or "", **notes)
+        return await self.ctx.pipeline.deliver(self.info, envelope, final, final_size, msg_id,
+                                               extra_headers=verdict.headers, folder=folder)
+
+    async def _hold(self, envelope: Envelope, source: bytes | Path, msg_id: str,
+                    headers: bytes) -> list[Reply]:
+        """HOLD (access or header_checks): the queue keeps the message held until
+        ``mailkeep queue release``; then it is delivered here as usual."""
+        from mailkeep.queue.store import NewMessage, QueuedRecipient
+
+        single = envelope.recipients[0].address if len(envelope.recipients) == 1 else None
+        prefix = self.ctx.pipeline.received_header(self.info, envelope, msg_id, single) + headers
+        message = NewMessage(
+            queue_id=msg_id, sender=str(envelope.sender or ""),
+            recipients=[QueuedRecipient(str(r.address), orcpt=r.orcpt, notify=r.notify)
+                        for r in envelope.recipients],
+            prefix=prefix, source=source, envid=envelope.envid, ret=envelope.ret,
+            smtputf8=envelope.smtputf8, body_type=envelope.body_type, hold=True)
+        try:
+            await self.ctx.queue.enqueue([message])
+        except Exception as exc:
+            log(logger, "queue failed", logging.ERROR, id=msg_id, error=str(exc))
+            return [Reply(451, "4.3.0", "Temporary local problem, please try again later")] \
+                * len(envelope.recipients)
+        log(logger, "held", id=msg_id, client=self.info.client_ip,
+            from_=str(envelope.sender or ""))
+        return [Reply(250, "2.0.0", f"OK id={msg_id}")] * len(envelope.recipients)
 
     def _answer_end(self, conn: core.ServerConnection, replies: list[Reply]) -> None:
         if self.ctx.lmtp:

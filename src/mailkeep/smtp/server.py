@@ -444,6 +444,12 @@ class ServerConnection:
         return self._hello
 
     @property
+    def has_unread_input(self) -> bool:
+        """Input beyond the command being decided is already here: the client sent it
+        without waiting for our reply (what PIPELINING allows, RFC 2920 §3.1)."""
+        return len(self._buffer) > self._pos
+
+    @property
     def pending(self) -> Event | None:
         """The decision event waiting for an answer, if any."""
         return self._pending

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import random as random_module
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import lru_cache
@@ -549,9 +549,13 @@ def combine(results: Sequence[DmarcResult]) -> DmarcResult:
 async def check_message(header_block: bytes, spf: tuple[str, str] | None,
                         dkim: Iterable[tuple[str, str]], *,
                         resolver: dns.asyncresolver.Resolver,
-                        random: Callable[[], float] | None = None) -> DmarcResult:
+                        random: Callable[[], float] | None = None,
+                        discover: Callable[[str], Awaitable[PolicyDiscovery]] | None = None,
+                        ) -> DmarcResult:
     """DMARC for a message: author domains, policy discovery and evaluation for each
     (concurrently), combined (§6.6.1). Never raises for anything in the header or DNS.
+
+    ``discover`` replaces :func:`discover_policy` (a receiver's cache of discoveries).
 
     With no usable author domain, or more than :data:`MAX_AUTHOR_DOMAINS`, the result is
     permerror with ``from_problem`` set; any other From problem is flagged the same way
@@ -562,8 +566,10 @@ async def check_message(header_block: bytes, spf: tuple[str, str] | None,
     if not authors.domains or len(authors.domains) > MAX_AUTHOR_DOMAINS:
         return DmarcResult(result=DmarcStatus.PERMERROR, from_domain="", from_problem=True,
                            reasons=(authors.problem or "no author domain",))
-    discoveries = await asyncio.gather(*(discover_policy(d, resolver=resolver)
-                                         for d in authors.domains))
+    if discover is None:
+        async def discover(domain: str) -> PolicyDiscovery:
+            return await discover_policy(domain, resolver=resolver)
+    discoveries = await asyncio.gather(*(discover(d) for d in authors.domains))
     results = [evaluate(domain, spf, dkim_pairs, found, random=random)
                for domain, found in zip(authors.domains, discoveries, strict=True)]
     chosen = combine(results)
