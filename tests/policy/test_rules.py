@@ -159,3 +159,37 @@ def test_config_errors_name_the_key(tmp_path: Path, body: str, key: str, message
         load_config(_config(tmp_path, body))
     issue = next(i for i in caught.value.errors if i.key == key)
     assert message in issue.message
+
+
+def test_message_dns_budget_turns_extra_lookups_into_temporary_errors() -> None:
+    import asyncio
+
+    from mailkeep.outbound.dns import DnsTemporaryError, query
+    from mailkeep.policy.inbound import BudgetResolver
+
+    class Counting:
+        """Stands in for dnspython's resolver: counts what reaches it."""
+
+        lifetime = 1.0
+        calls = 0
+
+        async def resolve(self, *args: object, **kwargs: object) -> object:
+            self.calls += 1
+            raise __import__("dns.resolver").resolver.NXDOMAIN()
+
+    inner = Counting()
+    budget = BudgetResolver(inner, 2)
+
+    async def run() -> list[str]:
+        outcomes = []
+        for _ in range(4):
+            try:
+                await query(budget, "example.test", "TXT")
+            except DnsTemporaryError as exc:
+                outcomes.append("temp:" + ("budget" if "budget" in str(exc) else "other"))
+            except Exception as exc:  # NXDOMAIN → DnsNameError
+                outcomes.append(type(exc).__name__)
+        return outcomes
+
+    assert asyncio.run(run()) == ["DnsNameError", "DnsNameError", "temp:budget", "temp:budget"]
+    assert inner.calls == 2 and budget.lifetime == 1.0

@@ -65,6 +65,30 @@ DOMAIN_CACHE_TTL = 300.0
 #: (300 s and up), so a changed record is seen within a minute; errors are not kept.
 RESULT_CACHE_SIZE = 20_000
 RESULT_CACHE_TTL = 60.0
+#: DNS lookups the end-of-data verification of one message may make (DKIM keys, ARC keys,
+#: DMARC policies), cache hits included; beyond it each lookup is a temporary error. SPF
+#: has its own limits (RFC 7208 §4.6.4), iprev its own (mailkeep.trust.iprev).
+MESSAGE_DNS_BUDGET = 40
+
+
+class BudgetResolver:
+    """A resolver that allows a fixed number of lookups, then fails them (a message with
+    hundreds of DKIM signatures or ARC sets cannot make us query without end)."""
+
+    def __init__(self, resolver: Any, budget: int) -> None:
+        self._resolver = resolver
+        self.left = budget
+
+    async def resolve(self, *args: Any, **kwargs: Any) -> Any:
+        import dns.exception
+
+        if self.left <= 0:
+            raise dns.exception.DNSException("DNS query budget of this message exhausted")
+        self.left -= 1
+        return await self._resolver.resolve(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._resolver, name)
 
 _FQDN_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z", re.IGNORECASE)
 
@@ -772,7 +796,7 @@ class PolicySession:
         from mailkeep.trust.dkim_verify import dmarc_inputs, verify_dkim
         from mailkeep.trust.dmarc import author_domains, check_message
 
-        resolver = self.policy.resolver
+        resolver = BudgetResolver(self.policy.resolver, MESSAGE_DNS_BUDGET)
         checks = Checks(client_ip=self.client_ip, helo=self.helo, sender=self.txn.sender)
         authors = author_domains(header)
         author = authors.domains[0] if getattr(authors, "domains", None) else None

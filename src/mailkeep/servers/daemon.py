@@ -192,6 +192,7 @@ class Server:
         self._inbound: tuple[Config, Any] | None = None
         self._inbound_resolver: tuple[tuple[str, ...], float, Any] | None = None
         self.greylist: Any = None
+        self._greylist_settings: tuple[float, float, float] | None = None
         # DMARC aggregate reports: received ones are read into this store, our own are
         # recorded there and sent daily by the reporter (docs/dmarc-reports.md).
         self.dmarc_store: Any = None
@@ -269,12 +270,19 @@ class Server:
         if "greylist" in names:
             from mailkeep.policy.greylist import Greylist
 
-            if self.greylist is not None:
-                self.greylist.close()
-            greylist = self.greylist = Greylist(
-                config.data_dir / "greylist.db", delay=settings.greylist.delay,
-                retry_window=settings.greylist.retry_window,
-                auto_allow=settings.greylist.auto_allow)
+            wanted = (settings.greylist.delay, settings.greylist.retry_window,
+                      settings.greylist.auto_allow)
+            if self.greylist is None or self._greylist_settings != wanted:
+                # Sessions of the old config may still hold the old one: a closed greylist
+                # lets mail through (it fails open), so replace it only when it changed.
+                if self.greylist is not None:
+                    self.greylist.close()
+                self.greylist = Greylist(
+                    config.data_dir / "greylist.db", delay=settings.greylist.delay,
+                    retry_window=settings.greylist.retry_window,
+                    auto_allow=settings.greylist.auto_allow)
+                self._greylist_settings = wanted
+            greylist = self.greylist
         if "dnsbl" in names and settings.dnsbl.sites:
             from mailkeep.trust.dnsbl import DnsblChecker, parse_postscreen_sites
 
