@@ -463,3 +463,64 @@ def test_rspamd_actions_on_the_wire(server: Server) -> None:
     assert code == 250
     (stored,) = [m for m in _stored(server, "demo@example.test") if b"tag me" in m]
     assert b"X-Spam: Yes" in stored
+
+
+DROP_CONFIG = """\
+hostname = "mx.example.test"
+data_dir = "data"
+
+[log]
+file = "{log}"
+
+[delivery]
+resolvers = ["{dns}"]
+
+[policy]
+trusted_networks = []
+rules = ["dnsbl"]
+
+[policy.dnsbl]
+sites = ["dnsbl.test"]
+action = "drop"
+check_private_addresses = true
+
+[[listeners]]
+protocol = "smtp"
+address = "127.0.0.1:{port}"
+
+[domains."example.test"]
+[accounts."demo@example.test"]
+"""
+
+
+def test_dnsbl_drop_answers_521_instead_of_the_greeting(
+        dns_server: ThrowawayDNS, tmp_path: Path) -> None:
+    import subprocess
+    (port,) = free_ports(1)
+    host, dns_port = dns_server.resolver_address
+    config = tmp_path / "mailkeep.toml"
+    config.write_text(DROP_CONFIG.format(log=tmp_path / "log", dns=f"{host}:{dns_port}",
+                                         port=port))
+    running = Server(dir=tmp_path, config=config, smtp_port=port, smtps_port=0,
+                     lmtp_socket=tmp_path / "none", log=tmp_path / "log")
+    running.proc = subprocess.Popen([MAILKEEP, "serve", "--config", str(config)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, proc=running.proc)
+        with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                      source_address=("127.0.0.5", 0)) as sock:
+            data = b""
+            while chunk := sock.recv(4096):
+                data += chunk
+        # One complete reply line and the connection closed: no 220 at all.
+        assert data.startswith(b"521 5.7.1 ") and data.endswith(b"\r\n"), data
+        assert b"blocked using dnsbl.test" in data
+        with _client(running_ports(running, port), "127.0.0.2") as client:   # not listed
+            assert client.mail("alice@good.test")[0] == 250
+    finally:
+        running.stop()
+
+
+def running_ports(server: Server, port: int) -> Server:
+    server.ports = {"policy": port}
+    return server

@@ -404,11 +404,16 @@ class SMTPSession(asyncio.Protocol):
                 seconds=round(time.monotonic() - self.started, 3))
 
     async def _greeting_tests(self) -> bool:
-        """postscreen's tests before the greeting: a client that talks during the
-        "220-" wait is flagged (reject_pregreet), a DNSBL-listed client is dropped when
-        the action is drop. False when the session ends here."""
+        """postscreen's tests before the greeting: a DNSBL-listed client is dropped with
+        521 when the action is drop (the lookup started at connect, so the wait is short
+        or none), then a client that talks during the "220-" wait is flagged
+        (reject_pregreet). False when the session ends here."""
         conn, transport, policy = self.conn, self.transport, self.policy
         assert conn is not None and transport is not None and policy is not None
+        refusal = await policy.drop_at_greeting()
+        if refusal is not None:
+            self._refuse(refusal, "dnsbl")
+            return False
         wait = policy.greet_wait()
         if wait > 0:
             transport.write(f"220-{self.ctx.session_config.hostname} ESMTP\r\n".encode())
@@ -425,10 +430,6 @@ class SMTPSession(asyncio.Protocol):
             if self._lost:
                 return False
             policy.pregreet_result(conn.early_talker)
-        refusal = await policy.drop_at_greeting()
-        if refusal is not None:
-            self._refuse(refusal, "dnsbl")
-            return False
         conn.greet()
         self._flush()
         return True
