@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailkeep.dkim.sign import parse_header_fields
 from mailkeep.logfmt import log
 from mailkeep.policy.actions import ActionKind, ReplyClass, access_reply
 from mailkeep.policy.rules import Rule, Stage
@@ -46,6 +47,7 @@ from mailkeep.policy.tables import (
     check_helo_access,
     check_mail_access,
 )
+from mailkeep.smtp.address import canonical_domain
 from mailkeep.smtp.reply import Reply
 
 logger = logging.getLogger("mailkeep.policy")
@@ -109,19 +111,14 @@ def valid_hostname(name: str) -> bool:
 def address_literal(text: str) -> str | None:
     """The IP address of an RFC 5321 §4.1.3 address literal ("[192.0.2.1]",
     "[IPv6:2001:db8::1]"), or None when ``text`` is not one (or not a valid one)."""
-    if not (text.startswith("[") and text.endswith("]")):
+    if not text.startswith("["):
         return None
-    inner = text[1:-1]
-    if inner[:5].lower() == "ipv6:":
-        inner = inner[5:]
-        try:
-            return str(ipaddress.IPv6Address(inner))
-        except ValueError:
-            return None
     try:
-        return str(ipaddress.IPv4Address(inner))
+        literal = canonical_domain(text)   # validates "[...]" as RFC 5321 §4.1.3 says
     except ValueError:
         return None
+    inner = literal[1:-1]
+    return inner[5:] if inner.startswith("IPv6:") else inner
 
 
 def helo_problem(helo: str, *, check_fqdn: bool) -> Reply | None:
@@ -739,7 +736,7 @@ class PolicySession:
         if stripped != header:
             log(logger, "forged authentication-results removed", id=msg_id,
                 client=self.client_ip)
-            source, size = await asyncio.to_thread(_replace_header, source, header, stripped,
+            source, size = await asyncio.to_thread(_rewrite, source, stripped, len(header),
                                                    spool_dir)
             header = stripped
         verdict.source, verdict.size = source, size
@@ -963,8 +960,8 @@ class PolicySession:
             return decision.reply
         for name, value in decision.add_headers:
             headers.append(_header_line(f"{name}: {value}"))
-        present = {raw.split(b":", 1)[0].strip().lower().decode("latin-1")
-                   for raw in _split_fields(_header_block(verdict.source))}
+        present = {name.lower().decode("latin-1")
+                   for name, _value in parse_header_fields(_header_block(verdict.source))}
         if (decision.subject is not None
                 or any(name.lower() in present for name in decision.remove_headers)):
             verdict.source, verdict.size = await asyncio.to_thread(
@@ -1082,16 +1079,10 @@ def _spool_copy(prefix: bytes, source: Path, offset: int, spool_dir: Path) -> tu
     return Path(name), size
 
 
-def _replace_header(source: bytes | Path, old: bytes, new: bytes, spool_dir: Path
-                    ) -> tuple[bytes | Path, int]:
-    if isinstance(source, bytes):
-        data = new + source[len(old):]
-        return data, len(data)
-    return _spool_copy(new, source, len(old), spool_dir)
-
-
 def _rewrite(source: bytes | Path, new_prefix: bytes, old_prefix_length: int,
              spool_dir: Path) -> tuple[bytes | Path, int]:
+    """The message with its first ``old_prefix_length`` bytes replaced by ``new_prefix``
+    (in memory, or as a new spool file), and its size."""
     if isinstance(source, bytes):
         data = new_prefix + source[old_prefix_length:]
         return data, len(data)
@@ -1120,7 +1111,7 @@ def _edit_headers(source: bytes | Path, spool_dir: Path, *, remove: Iterable[str
     if subject is not None and not replaced:
         out.append(_header_line("Subject: " + subject))
     new_header = b"".join(out) + b"\r\n"
-    return _replace_header(source, header, new_header, spool_dir)
+    return _rewrite(source, new_header, len(header), spool_dir)
 
 
 def _split_fields(header: bytes) -> list[bytes]:
