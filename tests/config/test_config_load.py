@@ -358,7 +358,7 @@ address = "unix:/run/a.sock"
 """)
     assert errors == [
         "mailkeep.toml: listeners[0].protocol: 'smtps' is not a valid value (allowed: smtp, "
-        "submission, submissions, imap, imaps, pop3, pop3s, lmtp, http)",
+        "submission, submissions, imap, imaps, pop3, pop3s, lmtp, http, https)",
         "mailkeep.toml: listeners[1].address: 'mail.example.com' is not an IP address (allowed: "
         "\"IPv4:port\", \"[IPv6]:port\" or \"unix:/path/to/socket\")",
         "mailkeep.toml: listeners[2].address: '::1:25': write IPv6 addresses in brackets, such as "

@@ -19,6 +19,7 @@ LOCALSERVE_PORTS = {
     "imaps": 1993,
     "pop3": 1110,
     "pop3s": 1995,
+    "http": 1080,
 }
 DEMO_ACCOUNT = "demo@localhost"
 
@@ -65,6 +66,11 @@ address = "127.0.0.1:{pop3}"
 protocol = "pop3s"
 address = "127.0.0.1:{pop3s}"
 
+[[listeners]]
+# Client autoconfiguration, the MTA-STS policy and /metrics (from loopback).
+protocol = "http"
+address = "127.0.0.1:{http}"
+
 [auth]
 # As Dovecot does, treat loopback as secured: plaintext LOGIN/PLAIN without TLS is allowed
 # from 127.0.0.1 only. `mailkeep serve` never allows it unless this is set.
@@ -89,7 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "external service, a self-signed certificate generated on first start, and one demo "
         "account demo@localhost. Runs in the foreground; Ctrl-C or SIGTERM stops it cleanly.",
         epilog="Ports: SMTP 1025 (mail for @localhost, exactly as a production MX would "
-        "accept it), submission 1587 (STARTTLS, AUTH) and 1465 (implicit TLS), IMAP 1143 (STARTTLS), IMAPS 1993, POP3 1110 (STLS), POP3S 1995. "
+        "accept it), submission 1587 (STARTTLS, AUTH) and 1465 (implicit TLS), IMAP 1143 (STARTTLS), IMAPS 1993, POP3 1110 (STLS), POP3S 1995, HTTP 1080 (autoconfiguration, metrics). "
         "Plaintext login is allowed from loopback only.\n\nExamples:\n  mailkeep localserve\n  mailkeep localserve --dir /tmp/mk "
         "--password secret\n  swaks --server 127.0.0.1:1025 --to demo@localhost",
         formatter_class=argparse.RawDescriptionHelpFormatter,

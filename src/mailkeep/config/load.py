@@ -31,15 +31,19 @@ from mailkeep.config.names import (
     display_domain,
 )
 from mailkeep.config.schema import (
+    ACME_CHALLENGES,
+    ACME_KEY_TYPES,
     BARE_NEWLINES,
     DEFAULT_DATA_DIR,
     DEFAULT_SUBADDRESS_SEPARATOR,
+    DMARC_POLICIES,
     DNSBL_ACTIONS,
     LOG_FORMATS,
     LOG_LEVELS,
     MAX_ACCOUNT_NAME_LENGTH,
     MAX_ALIAS_TARGETS,
     MAX_SUBADDRESS_SEPARATORS,
+    MTA_STS_MODES,
     PASSWORD_PROTOCOLS,
     PROTOCOL_DEFAULT_TLS,
     PROTOCOLS,
@@ -48,6 +52,7 @@ from mailkeep.config.schema import (
     SEND_MODES,
     TLS_MODES,
     Account,
+    AcmeConfig,
     AuthConfig,
     ClamavConfig,
     Config,
@@ -56,11 +61,13 @@ from mailkeep.config.schema import (
     DeliveryConfig,
     DmarcReportsConfig,
     DnsblConfig,
+    DnsConfig,
     Domain,
     GreylistConfig,
     ImapConfig,
     Listener,
     LogConfig,
+    MetricsConfig,
     PolicyConfig,
     Pop3Config,
     QueueConfig,
@@ -78,7 +85,8 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 TOP_LEVEL_KEYS = ("hostname", "data_dir", "run_as", "postmaster", "log", "tls", "smtp",
                   "auth", "imap", "pop3", "submission", "queue", "delivery", "relays",
-                  "policy", "dmarc", "listeners", "domains", "accounts", "aliases")
+                  "policy", "dmarc", "acme", "dns", "metrics", "listeners", "domains",
+                  "accounts", "aliases")
 LOG_KEYS = ("format", "level", "file")
 TLS_KEYS = ("cert", "key")
 SMTP_KEYS = tuple(f.name for f in fields(SmtpConfig))
@@ -90,6 +98,11 @@ DNSBL_KEYS = ("sites", "threshold", "allow_threshold", "action", "check_private_
 GREYLIST_KEYS = ("delay", "retry_window", "auto_allow")
 CLAMAV_KEYS = ("socket", "on_error", "max_size", "timeout")
 RSPAMD_KEYS = ("url", "on_error", "max_size", "timeout", "password_file")
+ACME_KEYS = ("enabled", "directory", "email", "names", "key_types", "challenges",
+             "renew_before", "ca_file")
+DNS_KEYS = ("ipv4", "ipv6", "mta_sts_mode", "mta_sts_max_age", "dmarc_policy",
+            "tlsrpt_address", "dkim_testing", "caa_issuers")
+METRICS_KEYS = ("enabled", "allow")
 DMARC_KEYS = ("report_address", "send_reports", "report_from", "org_name")
 DOMAIN_KEYS = ("catch_all", "personalized_catch_all", "subaddress_separator",
                "subaddress_to_folder", "burned")
@@ -194,7 +207,7 @@ _MAX_QUOTA_MESSAGES = 1 << 40
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 _RUN_AS = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 _DEFAULT_PORTS = {"smtp": 25, "submission": 587, "submissions": 465, "imap": 143, "imaps": 993,
-                  "pop3": 110, "pop3s": 995, "lmtp": 24, "http": 80}
+                  "pop3": 110, "pop3s": 995, "lmtp": 24, "http": 80, "https": 443}
 
 
 def key_path(*parts: str | int) -> str:
@@ -416,6 +429,9 @@ class _Loader:
         submission = self._submission(data, domains, accounts)
         policy = self._policy(data)
         dmarc = self._dmarc_reports(data, domains)
+        acme = self._acme(data, tls)
+        dns = self._dns(data)
+        metrics = self._metrics(data)
         for index, listener in enumerate(listeners):
             if listener.policy not in ("", "none") and listener.policy not in policy.rulesets:
                 self.error(key_path("listeners", index, "policy"),
@@ -426,7 +442,7 @@ class _Loader:
             path=self.path, hostname=hostname, data_dir=data_dir, run_as=run_as,
             postmaster=postmaster, log=log, tls=tls, smtp=smtp, auth=auth, imap=imap, pop3=pop3,
             submission=submission, queue=queue, delivery=delivery, policy=policy,
-            dmarc=dmarc, listeners=listeners,
+            dmarc=dmarc, acme=acme, dns=dns, metrics=metrics, listeners=listeners,
             domains=_frozen(domains), accounts=_frozen(accounts),
             aliases=_frozen({k: v[0] for k, v in aliases.items()}),
         )
@@ -807,6 +823,131 @@ class _Loader:
             send_reports=self.boolean(table, "send_reports", prefix, False),
             report_from=report_from or None,
             org_name=self.string(table, "org_name", prefix) or None)
+
+    def _acme(self, data: Mapping[str, Any], tls: TlsConfig) -> AcmeConfig:
+        table = self.table(data.get("acme"), "acme")
+        if not table:
+            return AcmeConfig()
+        prefix: tuple[str | int, ...] = ("acme",)
+        self.known_keys(table, ACME_KEYS, *prefix)
+        defaults = AcmeConfig()
+        enabled = self.boolean(table, "enabled", prefix, False)
+        if enabled and tls.cert:
+            self.error(key_path(*prefix, "enabled"), "[tls] cert and key are set too",
+                       allowed="either ACME or certificate files, not both")
+        directory = self.string(table, "directory", prefix, defaults.directory) or ""
+        if not directory.startswith("https://"):
+            self.error(key_path(*prefix, "directory"), f"{directory!r} is not an https URL",
+                       allowed="the CA's directory URL, such as " + repr(defaults.directory))
+            directory = defaults.directory
+        email = self.string(table, "email", prefix)
+        if email:
+            try:
+                email = canonical_address(email)
+            except InvalidName as exc:
+                self.error(key_path(*prefix, "email"), str(exc))
+                email = None
+        names = []
+        for index, raw in self._string_list(table, "names", prefix):
+            where = key_path(*prefix, "names", *(() if index is None else (index,)))
+            if raw.startswith("*."):
+                self.error(where, "a wildcard name needs the DNS-01 challenge, which "
+                           "Mailkeep does not use", allowed="host names")
+                continue
+            try:
+                names.append(canonical_domain(raw))
+            except InvalidName as exc:
+                self.error(where, str(exc))
+        key_types = self._choices(table, "key_types", prefix, ACME_KEY_TYPES)
+        challenges = self._choices(table, "challenges", prefix, ACME_CHALLENGES)
+        ca_file = self.string(table, "ca_file", prefix)
+        return AcmeConfig(
+            enabled=enabled, directory=directory, email=email or None, names=tuple(names),
+            key_types=key_types or defaults.key_types,
+            challenges=challenges or defaults.challenges,
+            renew_before=self.number(table, "renew_before", prefix, defaults.renew_before,
+                                     86400, 60 * 86400, "duration"),
+            ca_file=self.file_path(ca_file) if ca_file else None)
+
+    def _choices(self, table: Mapping[str, Any], name: str, prefix: tuple[str | int, ...],
+                 allowed: Sequence[str]) -> tuple[str, ...]:
+        """A non-empty subset of ``allowed`` (an array of strings); () when absent or bad."""
+        chosen: list[str] = []
+        for index, raw in self._string_list(table, name, prefix):
+            if raw not in allowed:
+                self.error(key_path(*prefix, name, *(() if index is None else (index,))),
+                           f"{raw!r} is not a valid value", allowed=", ".join(allowed))
+            elif raw not in chosen:
+                chosen.append(raw)
+        if name in table and not chosen and table[name] == []:
+            self.error(key_path(*prefix, name), "cannot be empty", allowed=", ".join(allowed))
+        return tuple(chosen)
+
+    def _dns(self, data: Mapping[str, Any]) -> DnsConfig:
+        table = self.table(data.get("dns"), "dns")
+        if not table:
+            return DnsConfig()
+        prefix: tuple[str | int, ...] = ("dns",)
+        self.known_keys(table, DNS_KEYS, *prefix)
+        defaults = DnsConfig()
+        addresses: dict[int, list[str]] = {4: [], 6: []}
+        for version in (4, 6):
+            name = f"ipv{version}"
+            for index, raw in self._string_list(table, name, prefix):
+                where = key_path(*prefix, name, *(() if index is None else (index,)))
+                try:
+                    ip = ipaddress.ip_address(raw)
+                except ValueError:
+                    self.error(where, f"{raw!r} is not an IP address")
+                    continue
+                if ip.version != version:
+                    self.error(where, f"{raw!r} is not an IPv{version} address")
+                    continue
+                addresses[version].append(str(ip))
+        tlsrpt = self.string(table, "tlsrpt_address", prefix)
+        if tlsrpt:
+            try:
+                tlsrpt = canonical_address(tlsrpt)
+            except InvalidName as exc:
+                self.error(key_path(*prefix, "tlsrpt_address"), str(exc))
+                tlsrpt = None
+        issuers = []
+        for index, raw in self._string_list(table, "caa_issuers", prefix):
+            try:
+                issuers.append(canonical_domain(raw))
+            except InvalidName as exc:
+                self.error(key_path(*prefix, "caa_issuers",
+                                    *(() if index is None else (index,))), str(exc))
+        return DnsConfig(
+            ipv4=tuple(addresses[4]), ipv6=tuple(addresses[6]),
+            mta_sts_mode=self.choice(table, "mta_sts_mode", prefix, MTA_STS_MODES,
+                                     defaults.mta_sts_mode) or defaults.mta_sts_mode,
+            # RFC 8461 §3.2: max_age up to 31557600 seconds (about a year).
+            mta_sts_max_age=int(self.number(table, "mta_sts_max_age", prefix,
+                                            defaults.mta_sts_max_age, 3600, 31557600,
+                                            "duration")),
+            dmarc_policy=self.choice(table, "dmarc_policy", prefix, DMARC_POLICIES,
+                                     defaults.dmarc_policy) or defaults.dmarc_policy,
+            tlsrpt_address=tlsrpt or None,
+            dkim_testing=self.boolean(table, "dkim_testing", prefix, False),
+            caa_issuers=(tuple(issuers) if "caa_issuers" in table else defaults.caa_issuers))
+
+    def _metrics(self, data: Mapping[str, Any]) -> MetricsConfig:
+        table = self.table(data.get("metrics"), "metrics")
+        if not table:
+            return MetricsConfig()
+        prefix: tuple[str | int, ...] = ("metrics",)
+        self.known_keys(table, METRICS_KEYS, *prefix)
+        networks = []
+        for index, raw in self._string_list(table, "allow", prefix):
+            try:
+                networks.append(str(ipaddress.ip_network(raw, strict=False)))
+            except ValueError:
+                self.error(key_path(*prefix, "allow", *(() if index is None else (index,))),
+                           f"{raw!r} is not a network", allowed="e.g. \"192.0.2.0/24\"")
+        return MetricsConfig(
+            enabled=self.boolean(table, "enabled", prefix, True),
+            allow=tuple(networks) if "allow" in table else MetricsConfig().allow)
 
     def _delivery(self, data: Mapping[str, Any]) -> DeliveryConfig:
         relays = self._relays(data)

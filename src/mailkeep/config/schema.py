@@ -27,8 +27,9 @@ LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
 BARE_NEWLINES: tuple[str, ...] = ("reject", "normalize")
 TLS_MODES: tuple[str, ...] = ("starttls", "implicit", "none")
 
-# Listener protocols and their TLS default. Only smtp and lmtp have servers today; the
-# others are accepted so that configuration written now keeps working when they land.
+# Listener protocols and their TLS default. http serves ACME HTTP-01 challenges, the
+# MTA-STS policy, client autoconfiguration and metrics; https the same over TLS (and ACME
+# TLS-ALPN-01 on port 443).
 PROTOCOL_DEFAULT_TLS: Mapping[str, str] = MappingProxyType({
     "smtp": "starttls",
     "submission": "starttls",
@@ -39,6 +40,7 @@ PROTOCOL_DEFAULT_TLS: Mapping[str, str] = MappingProxyType({
     "pop3s": "implicit",
     "lmtp": "none",
     "http": "none",
+    "https": "implicit",
 })
 PROTOCOLS: tuple[str, ...] = tuple(PROTOCOL_DEFAULT_TLS)
 # Protocols on which clients send passwords: TLS "none" there is a warning.
@@ -105,6 +107,66 @@ class TlsConfig:
 
     cert: Path | None = None
     key: Path | None = None
+
+
+#: Certificate key types ACME may order, and its challenge types (RFC 8555 §8.3, RFC 8737).
+ACME_KEY_TYPES: tuple[str, ...] = ("ecdsa", "rsa")
+ACME_CHALLENGES: tuple[str, ...] = ("http-01", "tls-alpn-01")
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    """``[acme]``: certificates obtained and renewed from an ACME CA (RFC 8555).
+
+    Off unless ``enabled``; with it, ``[tls] cert``/``key`` must be unset. ``names`` empty
+    means the hostname plus ``mta-sts.`` and ``autoconfig.`` of every domain.
+    """
+
+    enabled: bool = False
+    directory: str = LETS_ENCRYPT_DIRECTORY
+    email: str | None = None
+    names: tuple[str, ...] = ()
+    key_types: tuple[str, ...] = ACME_KEY_TYPES
+    challenges: tuple[str, ...] = ACME_CHALLENGES
+    #: Renew when a certificate has less than this left (seconds; default 30 days).
+    renew_before: float = 30 * 86400.0
+    #: CA certificates that sign the directory's HTTPS (a private CA such as pebble's).
+    ca_file: Path | None = None
+
+
+MTA_STS_MODES: tuple[str, ...] = ("enforce", "testing", "none")
+DMARC_POLICIES: tuple[str, ...] = ("none", "quarantine", "reject")
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """``[dns]``: what this server publishes in DNS: the records `mailkeep dns records`
+    prints and `mailkeep check` expects, and the MTA-STS policy the server serves."""
+
+    #: Public addresses of the server (A/AAAA of the hostname, PTR checks). Empty: the
+    #: addresses of the listeners that are not wildcard or loopback.
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    mta_sts_mode: str = "enforce"
+    mta_sts_max_age: int = 7 * 86400
+    dmarc_policy: str = "quarantine"
+    #: Where TLS reports (RFC 8460) are sent; None: the [dmarc] report_address when set,
+    #: else postmaster@ the domain.
+    tlsrpt_address: str | None = None
+    #: Publish DKIM keys with t=y (RFC 6376 §3.6.1 testing mode).
+    dkim_testing: bool = False
+    #: CAs allowed to issue for the domains (CAA, RFC 8659); empty: no CAA record.
+    caa_issuers: tuple[str, ...] = ("letsencrypt.org",)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: Prometheus metrics at /metrics on the HTTP(S) listeners, for clients
+    in ``allow`` only (default: loopback)."""
+
+    enabled: bool = True
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -499,6 +561,9 @@ class Config:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     dmarc: DmarcReportsConfig = field(default_factory=DmarcReportsConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     listeners: tuple[Listener, ...] = ()
     domains: Mapping[str, Domain] = field(default_factory=_frozen_map)
     accounts: Mapping[str, Account] = field(default_factory=_frozen_map)

@@ -50,6 +50,8 @@ from mailkeep.servers.tls import TLSManager
 from mailkeep.smtp.server import SessionConfig
 from mailkeep.store import open_store
 from mailkeep.store.fts import FullTextIndex
+from mailkeep.web.challenges import ChallengeStore
+from mailkeep.web.server import WebContext, WebListener
 
 logger = logging.getLogger("mailkeep.server")
 
@@ -57,13 +59,16 @@ SMTP_PROTOCOLS = {"smtp", "lmtp", "submission", "submissions"}
 SUBMISSION_PROTOCOLS = {"submission", "submissions"}
 IMAP_PROTOCOLS = {"imap", "imaps"}
 POP3_PROTOCOLS = {"pop3", "pop3s"}
-SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS
+WEB_PROTOCOLS = {"http", "https"}
+SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS | WEB_PROTOCOLS
 TLS_RELOAD_INTERVAL = 60.0
 SWITCH_INTERVAL = 0.0005
 
 
 def protocol_family(protocol: str) -> str:
-    """Which server speaks a listener protocol: "smtp", "imap" or "pop3"."""
+    """Which server speaks a listener protocol: "smtp", "imap", "pop3" or "web"."""
+    if protocol in WEB_PROTOCOLS:
+        return "web"
     if protocol in IMAP_PROTOCOLS:
         return "imap"
     if protocol in POP3_PROTOCOLS:
@@ -197,6 +202,10 @@ class Server:
         # recorded there and sent daily by the reporter (docs/dmarc-reports.md).
         self.dmarc_store: Any = None
         self.dmarc_reporter: Any = None
+        # HTTP(S): pending ACME challenges, and what the web routes may use by name
+        # ("store", "metrics", ...; see mailkeep.web.server.WebContext).
+        self.challenges = ChallengeStore()
+        self.web_services: dict[str, Any] = {}
 
     # -- assembling the runtime from a config ------------------------------------------
 
@@ -340,6 +349,10 @@ class Server:
         if family == "pop3":
             return pop3_context(config, self.store, self.authenticator, tls_ctx,
                                 implicit, name)
+        if family == "web":
+            return WebContext(config=config, tls=self.tls if implicit else None,
+                              challenges=self.challenges, services=self.web_services,
+                              implicit_tls=implicit, listener=name)
         return self._receiver_context(config, pipeline, listener)
 
     def _make_listener(self, key: ListenerKey, context: Any) -> Any:
@@ -350,6 +363,8 @@ class Server:
         return server
 
     def _new_listener(self, key: ListenerKey, context: Any) -> Any:
+        if key.family == "web":
+            return WebListener(context.listener, context)
         if key.family == "imap":
             return IMAPListener(key.address, context, self.imap_counts)
         if key.family == "pop3":
