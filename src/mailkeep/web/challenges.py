@@ -51,11 +51,18 @@ class ChallengeStore:
         return self._alpn.get(name.lower().rstrip("."))
 
 
-async def _http01(request: web.Request) -> web.StreamResponse:
-    from mailkeep.web.server import context_of
+#: Where :func:`standalone_application` keeps its store (the listeners' applications use
+#: their WebContext instead).
+STORE_KEY: web.AppKey[ChallengeStore] = web.AppKey("mailkeep.acme_challenges")
 
+
+async def _http01(request: web.Request) -> web.StreamResponse:
     token = request.match_info["token"]
-    store = context_of(request).challenges
+    store = request.app.get(STORE_KEY)
+    if store is None:
+        from mailkeep.web.server import context_of
+
+        store = context_of(request).challenges
     answer = store.http01(token) if store is not None and TOKEN.fullmatch(token) else None
     if answer is None:
         raise web.HTTPNotFound()
@@ -64,3 +71,12 @@ async def _http01(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/.well-known/acme-challenge/{token}", _http01)
+
+
+def standalone_application(store: ChallengeStore) -> web.Application:
+    """An application that answers HTTP-01 challenges from ``store`` and nothing else (for
+    obtaining certificates before the server runs)."""
+    app = web.Application(client_max_size=1024)
+    app[STORE_KEY] = store
+    add_routes(app)
+    return app
