@@ -35,12 +35,16 @@ from mailkeep.bans import BanList
 from mailkeep.config import Config
 from mailkeep.logfmt import log
 from mailkeep.servers.listener import ConnectionCounts
+from mailkeep.servers.tlsio import start_tls
 
 logger = logging.getLogger("mailkeep.http")
 
 #: Modules whose ``add_routes(app)`` fill every HTTP(S) listener's application.
 ROUTE_MODULES: list[str] = [
     "mailkeep.web.challenges",   # /.well-known/acme-challenge/ (ACME HTTP-01)
+    "mailkeep.web.mta_sts",      # /.well-known/mta-sts.txt on mta-sts.DOMAIN (RFC 8461)
+    "mailkeep.web.autoconfig",   # Thunderbird, Outlook and Apple client autoconfiguration
+    "mailkeep.web.metrics_route",  # /metrics (Prometheus)
 ]
 
 MAX_BODY = 64 * 1024
@@ -104,12 +108,21 @@ def request_host(request: web.Request) -> str:
 
 @web.middleware
 async def _security_headers(request: web.Request, handler: Callable) -> web.StreamResponse:
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        # Errors (404, 405, 413, ...) are raised, not returned: they get the headers too.
+        _add_security_headers(request, exc)
+        raise
+    _add_security_headers(request, response)
+    return response
+
+
+def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     if context_of(request).implicit_tls:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-    return response
 
 
 def build_application() -> web.Application:
@@ -121,12 +134,17 @@ def build_application() -> web.Application:
 
 class _Counted(asyncio.Protocol):
     """Sits between the transport and aiohttp's request handler to count the connection
-    against the limits, and to refuse banned or excess clients before any parsing."""
+    against the limits, and to refuse banned or excess clients before any parsing — and,
+    on https, before the TLS handshake, so neither costs a refused client any cryptography.
+    TLS runs on :mod:`mailkeep.servers.tlsio` (as IMAPS and POP3S do), which keeps no
+    large buffer per connection."""
 
     def __init__(self, listener: WebListener) -> None:
         self.listener = listener
         self.inner: Any = None
         self.ip = ""
+        self.counted = False
+        self.handshake: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self.listener
@@ -143,9 +161,41 @@ class _Counted(asyncio.Protocol):
                 limit=refused, listener=listener.name)
             transport.close()
             return
-        self.inner = listener.handler_factory()
+        self.counted = True
         listener.open.add(self)
+        if listener.context.implicit_tls:
+            assert isinstance(transport, asyncio.Transport)
+            transport.pause_reading()
+            self.handshake = asyncio.get_running_loop().create_task(self._start_tls(transport))
+            return
+        self._serve(transport)
+
+    async def _start_tls(self, transport: asyncio.Transport) -> None:
+        try:
+            secured = await start_tls(transport, self, self.listener._front_context(),
+                                      handshake_timeout=HANDSHAKE_TIMEOUT)
+        except BaseException as exc:
+            # Failed, timed out or cancelled (stop): start_tls has closed the connection
+            # (with an alert where there was one), and nobody calls connection_lost.
+            self.handshake = None
+            self._release()
+            if not isinstance(exc, (OSError, ValueError)):  # ssl.SSLError is an OSError
+                raise
+            log(logger, "TLS handshake failed", logging.DEBUG, client=self.ip,
+                listener=self.listener.name, error=str(exc) or type(exc).__name__)
+            return
+        self.handshake = None
+        self._serve(secured)
+
+    def _serve(self, transport: asyncio.BaseTransport) -> None:
+        self.inner = self.listener.handler_factory()
         self.inner.connection_made(transport)
+
+    def _release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.listener.counts.release(self.ip)
+            self.listener.open.discard(self)
 
     def data_received(self, data: bytes) -> None:
         if self.inner is not None:
@@ -163,10 +213,9 @@ class _Counted(asyncio.Protocol):
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release()
         if self.inner is None:
             return
-        self.listener.counts.release(self.ip)
-        self.listener.open.discard(self)
         self.inner.connection_lost(exc)
         self.inner = None
 
@@ -186,12 +235,16 @@ class WebListener:
         self.runner: web.AppRunner | None = None
         self.server: asyncio.base_events.Server | None = None
         self.handler_factory: Callable[[], Any] = lambda: None
+        self._front: ssl.SSLContext | None = None
 
     def enforce_bans(self, bans: BanList | None, refusal: Callable[[], bytes]) -> None:
         self.bans = bans
 
     def _front_context(self) -> ssl.SSLContext:
-        """The listening context: it only hands each handshake to the right one."""
+        """The context every handshake starts with: it only hands the handshake, at the
+        ClientHello, to the context that answers it (:meth:`WebContext.tls_context_for`)."""
+        if self._front is not None:
+            return self._front
         front = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         front.minimum_version = ssl.TLSVersion.TLSv1_2
 
@@ -202,6 +255,7 @@ class WebListener:
             return None
 
         front.sni_callback = pick
+        self._front = front
         return front
 
     async def start(self, sock: socket.socket) -> None:
@@ -212,10 +266,8 @@ class WebListener:
         assert server is not None
         self.handler_factory = server
         loop = asyncio.get_running_loop()
-        tls = self._front_context() if self.context.implicit_tls else None
-        self.server = await loop.create_server(
-            lambda: _Counted(self), sock=sock, ssl=tls,
-            ssl_handshake_timeout=HANDSHAKE_TIMEOUT if tls else None)
+        # TLS (https) is started by each connection once it is admitted (_Counted).
+        self.server = await loop.create_server(lambda: _Counted(self), sock=sock)
 
     def update(self, context: WebContext) -> None:
         self.context = context
@@ -230,5 +282,7 @@ class WebListener:
                 await self.runner.server.shutdown(grace)
             await self.runner.cleanup()
         for conn in list(self.open):
-            if conn.inner is not None and getattr(conn.inner, "transport", None):
+            if conn.handshake is not None:
+                conn.handshake.cancel()  # start_tls aborts the connection
+            elif conn.inner is not None and getattr(conn.inner, "transport", None):
                 conn.inner.transport.abort()
