@@ -18,14 +18,11 @@ def restore_logging():
     """Leave the logger tree as the other tests expect it (no handler, propagating, so
     pytest's caplog sees records)."""
     yield
+    logfmt.reset_logging()
     for name in ("mailkeep", "asyncio"):
         logger = logging.getLogger(name)
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-            handler.close()
         logger.propagate = True
         logger.setLevel(logging.NOTSET)
-    logfmt._writer = None
 
 
 def _wait_for(path: Path, text: str, timeout: float = 2.0) -> str:

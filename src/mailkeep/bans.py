@@ -32,7 +32,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailkeep.imap.response import bye as imap_bye
 from mailkeep.logfmt import log
@@ -213,6 +213,8 @@ class BanList:
         self._refusals_logged: OrderedDict[str, float] = OrderedDict()
         self._data_version: int | None = None
         self._last_sweep = 0.0
+        #: Bans and refusals are counted here (mailkeep.metrics.ServerMetrics), if set.
+        self.metrics: Any = None
         if path is not None:
             try:
                 self._conn = connect(path, busy_timeout)
@@ -288,6 +290,8 @@ class BanList:
     def note_refusal(self, ip: str, listener: str) -> None:
         """Log a refused banned client, at most once per ``REFUSAL_LOG_INTERVAL`` per address
         (a bot reconnecting in a loop must not flood the log)."""
+        if self.metrics is not None:
+            self.metrics.ban_refused()
         key = client_key(ip) or ip
         now = self.clock()
         last = self._refusals_logged.get(key)
@@ -335,6 +339,8 @@ class BanList:
         ban = Ban(key, f"{count} failed logins within {policy.window:g} s", "auth", now,
                   now + duration, offences)
         self._store(ban)
+        if self.metrics is not None:
+            self.metrics.banned(ban.source)
         log(logger, "ip banned", logging.WARNING, event="ban", ip=key, failures=count,
             until=_when(ban.until), duration=round(duration), offences=offences)
         return ban
@@ -494,6 +500,8 @@ class BanList:
         if announce:
             for key, ban in self._active.items():
                 if before.get(key) != ban:
+                    if self.metrics is not None:
+                        self.metrics.banned(ban.source)
                     log(logger, "ip banned", logging.WARNING, event="ban", ip=key,
                         source=ban.source, until=_when(ban.until), reason=ban.reason)
             for key in before.keys() - self._active.keys():

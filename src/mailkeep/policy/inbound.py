@@ -717,7 +717,7 @@ class PolicySession:
             return verdict
         header = (_header_block(source) if isinstance(source, bytes)
                   else await asyncio.to_thread(_header_block, source))
-        checks = await self._verify(source, header)
+        checks = await self._verify(source, header, msg_id)
         results = [checks.authres_method(m) for m in ("iprev", "spf", "dkim", "arc", "dmarc")]
         headers: list[bytes] = []
         from mailkeep.trust.authres import build_header, strip_our_results
@@ -788,7 +788,7 @@ class PolicySession:
         except Exception as exc:   # reports are a courtesy; never fail the message
             log(logger, "dmarc record failed", logging.WARNING, error=repr(exc))
 
-    async def _verify(self, source: bytes | Path, header: bytes) -> Checks:
+    async def _verify(self, source: bytes | Path, header: bytes, msg_id: str = "") -> Checks:
         from mailkeep.trust.arc import verify_arc
         from mailkeep.trust.dkim_verify import dmarc_inputs, verify_dkim
         from mailkeep.trust.dmarc import author_domains, check_message
@@ -815,8 +815,8 @@ class PolicySession:
                                                    discover=self.policy.dmarc_policy)
         except TimeoutError:
             checks.timed_out = True
-            log(logger, "verification timed out", logging.WARNING, client=self.client_ip,
-                seconds=self.policy.settings.verify_timeout)
+            log(logger, "verification timed out", logging.WARNING, id=msg_id,
+                client=self.client_ip, seconds=self.policy.settings.verify_timeout)
         checks.from_domains = tuple(getattr(authors, "domains", ()) or ())
         return checks
 
@@ -842,8 +842,9 @@ class PolicySession:
             return self._dmarc(checks, verdict)
         if name in ("header_checks", "body_checks"):
             if isinstance(verdict.source, Path):
-                return await asyncio.to_thread(self._content, rule, verdict, spool_dir)
-            return self._content(rule, verdict, spool_dir)
+                return await asyncio.to_thread(self._content, rule, verdict, spool_dir,
+                                               msg_id)
+            return self._content(rule, verdict, spool_dir, msg_id)
         if name == "clamav":
             return await self._clamav(verdict, headers, msg_id)
         if name == "rspamd":
@@ -893,7 +894,8 @@ class PolicySession:
             verdict.disposition = "junk"
         return None
 
-    def _content(self, rule: Rule, verdict: DataVerdict, spool_dir: Path) -> Reply | None:
+    def _content(self, rule: Rule, verdict: DataVerdict, spool_dir: Path,
+                 msg_id: str = "") -> Reply | None:
         from mailkeep.policy.checks import ContentChecker, Decision
 
         checker = self.policy.checkers.get(id(rule))
@@ -906,7 +908,7 @@ class PolicySession:
         data, rest = _content_prefix(source)
         result = checker.check_message(data)
         for hit in result.hits:
-            log(logger, "content check", logging.INFO, rule=str(rule),
+            log(logger, "content check", logging.INFO, id=msg_id, rule=str(rule),
                 table=f"{hit.hit.source}:{hit.hit.line}", where=hit.where,
                 action=str(hit.hit.action.kind), text=hit.text[:200])
         decision = result.decision

@@ -57,6 +57,8 @@ class Pickup:
         self._event = asyncio.Event()
         self._stopping = False
         self._retry_after: dict[str, float] = {}
+        #: Messages taken in are counted here (mailkeep.metrics.ServerMetrics), if set.
+        self.metrics: Any = None
 
     def wake(self) -> None:
         self._event.set()
@@ -116,6 +118,9 @@ class Pickup:
                 queue_local=True))
         finally:
             source.unlink(missing_ok=True)
+        if self.metrics is not None:
+            self.metrics.message_received("sendmail", "accepted" if reply.code < 300 else
+                                          "rejected" if reply.code >= 500 else "deferred")
         if reply.code < 300:
             await asyncio.to_thread(remove_drop, path)
             self._retry_after.pop(path.name, None)
@@ -125,8 +130,8 @@ class Pickup:
             await asyncio.to_thread(self._set_aside, path, reply.one_line())
         else:
             self._retry_after[path.name] = asyncio.get_running_loop().time() + RETRY_DELAY
-            log(logger, "pickup deferred", logging.WARNING, file=path.name, code=reply.code,
-                reason=reply.one_line())
+            log(logger, "pickup deferred", logging.WARNING, id=msg_id, file=path.name,
+                code=reply.code, reason=reply.one_line())
 
     def _copy_message(self, drop: Any, sender: str, spool_dir: Path) -> Path:
         """The message of a drop file as a spool file; a From: is added when missing."""

@@ -173,9 +173,12 @@ class Scheduler:
     """Delivers queued mail; one per server process."""
 
     def __init__(self, config: Config, queue: Any, pipeline: Pipeline, *,
-                 data_dir: Path, clock: Callable[[], float] = time.time) -> None:
+                 data_dir: Path, clock: Callable[[], float] = time.time,
+                 metrics: Any = None) -> None:
         self.queue = queue
         self.clock = clock
+        #: Outcomes and delivery latency are counted here (mailkeep.metrics.ServerMetrics).
+        self.metrics = metrics
         self.data_dir = data_dir
         self._event = asyncio.Event()
         self._active: set[str] = set()
@@ -327,7 +330,8 @@ class Scheduler:
                        else await asyncio.gather(*jobs, return_exceptions=True))
             for result in results:
                 if isinstance(result, BaseException):
-                    logger.error("delivery attempt failed", exc_info=result)
+                    logger.error("delivery attempt failed", exc_info=result,
+                                 extra={"id": entry.queue_id})
                     continue
                 outcomes.extend(result)
             done = {o.address for o in outcomes}
@@ -347,6 +351,8 @@ class Scheduler:
         lifetime = qcfg.bounce_queue_lifetime if not entry.sender else qcfg.maximal_queue_lifetime
         expired = now - entry.created >= lifetime
         final: list = []
+        if self.metrics is not None:
+            self._count(outcomes, expired, now - entry.created)
         for outcome in outcomes:
             if outcome.status == "deferred" and expired:
                 outcome = RecipientOutcome(outcome.address, "failed", outcome.code,
@@ -391,6 +397,18 @@ class Scheduler:
                                          notices=[warning] if warning else [])
             if warning is not None:
                 self.wake()
+
+    def _count(self, outcomes: list, expired: bool, age: float) -> None:
+        """One count per recipient and attempt; the latency of those delivered."""
+        for outcome in outcomes:
+            status = outcome.status
+            if status == "delivered":
+                self.metrics.outbound_outcome("delivered")
+                self.metrics.delivered_after(age)
+            elif status == "failed":
+                self.metrics.outbound_outcome("bounced")
+            else:
+                self.metrics.outbound_outcome("expired" if expired else "deferred")
 
     # -- local recipients ------------------------------------------------------------------
 
@@ -594,7 +612,7 @@ class Scheduler:
                     # A refused relay login is a configuration problem: the mail waits
                     # (Postfix's smtp_sasl_auth_soft_bounce) instead of bouncing.
                     log(logger, "relay authentication failed", logging.ERROR,
-                        host=plan["host"], error=str(exc))
+                        id=entry.queue_id, host=plan["host"], error=str(exc))
                 continue
             except OSError as exc:
                 last_error = f"{plan['host']}: {exc}"

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mailkeep.auth.passwd_file import PasswdEntry, PasswdFile, PasswdFileError
 from mailkeep.auth.passwords import (
@@ -396,8 +396,10 @@ class Authenticator:
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-                 bans: BanList | None = None) -> None:
+                 bans: BanList | None = None, metrics: Any = None) -> None:
         self.passwd = passwd
+        #: Logins and failures are counted here (mailkeep.metrics.ServerMetrics).
+        self.metrics = metrics
         #: The server's ban list: told of every failure; a banned address is refused
         #: without a password check (a connection made before the ban may still be open).
         self.bans = bans
@@ -413,7 +415,8 @@ class Authenticator:
         self._decoy_hash: str | None = None
 
     @classmethod
-    def from_config(cls, config: Config, *, bans: BanList | None = None) -> Authenticator:
+    def from_config(cls, config: Config, *, bans: BanList | None = None,
+                    metrics: Any = None) -> Authenticator:
         """The authenticator of a server: ``config.auth`` as policy, ``data_dir/passwd``."""
         try:
             secret: bytes | None = load_server_secret(config.data_dir / SECRET_FILE)
@@ -423,7 +426,7 @@ class Authenticator:
                 event="auth-secret", path=str(config.data_dir / SECRET_FILE), error=str(exc))
             secret = None
         return cls(PasswdFile(config.passwd_file), config.accounts, AuthPolicy.from_config(config),
-                   secret=secret, bans=bans)
+                   secret=secret, bans=bans, metrics=metrics)
 
     def update(self, config: Config) -> None:
         """Configuration reload: new accounts and policy; counters and cache are kept."""
@@ -585,6 +588,8 @@ class Authenticator:
         if level is None:
             level = logging.INFO if result == "success" else logging.WARNING
         log(logger, "login" if result == "success" else "login failed", level, **fields)
+        if self.metrics is not None:
+            self.metrics.auth_outcome(client.protocol, result, reason)
 
     async def _decoy(self) -> str:
         if self._decoy_hash is None:

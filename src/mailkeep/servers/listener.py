@@ -106,18 +106,28 @@ class ConnectionCounts:
     per_account: Counter = field(default_factory=Counter)
     bans: BanList | None = None
     rate: ConnectionRate = field(default_factory=ConnectionRate)
+    #: Where opened and refused connections are counted (mailkeep.metrics.ConnectionStats).
+    stats: Any = None
 
     def admit(self, ip: str, max_total: int, max_per_ip: int,
               max_rate_per_ip: int = 0) -> str | None:
         """Count a new connection; or, without counting it, name the limit it exceeds.
         ``max_rate_per_ip``: connections per minute from one address, 0 for no limit."""
+        refused = None
         if self.total >= max_total:
-            return "max_connections"
-        if ip != "local" and self.per_ip[ip] >= max_per_ip:
-            return "max_connections_per_ip"
-        if max_rate_per_ip > 0 and not self._rate_exempt(ip) \
+            refused = "max_connections"
+        elif ip != "local" and self.per_ip[ip] >= max_per_ip:
+            refused = "max_connections_per_ip"
+        elif max_rate_per_ip > 0 and not self._rate_exempt(ip) \
                 and not self.rate.allow(ip, max_rate_per_ip):
-            return "max_connection_rate_per_ip"
+            refused = "max_connection_rate_per_ip"
+        stats = self.stats
+        if refused is not None:
+            if stats is not None:
+                stats.refuse(refused)
+            return refused
+        if stats is not None:
+            stats.opened.value += 1
         self.total += 1
         self.per_ip[ip] += 1
         return None

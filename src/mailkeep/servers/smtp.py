@@ -75,6 +75,8 @@ class ReceiverContext:
     #: (mailkeep.reports.dmarc_store.DmarcStore) and delivered as usual.
     dmarc_store: Any = None
     dmarc_report_address: str | None = None
+    #: Messages received by outcome are counted here (mailkeep.metrics.ServerMetrics).
+    metrics: Any = None
 
 
 class SpooledBody:
@@ -488,6 +490,7 @@ class SMTPSession(asyncio.Protocol):
                     refusal = self.policy.data_start()
                     if refusal is not None:
                         self.stats["rejected"] += 1
+                        self._count_message("rejected")
                         log(logger, "data refused", logging.INFO, client=self.info.client_ip,
                             code=refusal.code, reason=refusal.text)
                         conn.reject(refusal, count_error=True)
@@ -595,6 +598,7 @@ class SMTPSession(asyncio.Protocol):
             reply = event.suggested or Reply(554, "5.6.0", "Message refused")
             self._answer_end(conn, [reply] * len(envelope.recipients))
             self.stats["rejected"] += 1
+            self._count_message("rejected")
             log(logger, "message refused", logging.WARNING, id=msg_id,
                 client=self.info.client_ip, from_=str(envelope.sender or ""),
                 to=",".join(recipients), size=body.size, problem=event.problem,
@@ -607,6 +611,7 @@ class SMTPSession(asyncio.Protocol):
             body.discard()
             self._answer_end(conn, [EIGHT_BIT_REFUSED])
             self.stats["rejected"] += 1
+            self._count_message("rejected")
             log(logger, "message refused", logging.INFO, id=msg_id, client=self.info.client_ip,
                 account=self.account or "", problem="8bit-undeclared", code=554)
             return
@@ -639,16 +644,27 @@ class SMTPSession(asyncio.Protocol):
         outcome = "delivered" if all(r.code < 300 for r in replies) else "partial"
         if all(r.code >= 300 for r in replies):
             outcome = "failed"
+        self._count_message(_received_outcome(replies, verdict))
         dsn = {}
         if envelope.envid or envelope.ret:
             dsn = {"envid": envelope.envid, "ret": envelope.ret}
         notify = [",".join(r.notify) for r in envelope.recipients if r.notify]
         if notify:
             dsn["notify"] = ";".join(notify)
+        # The policy's verdict, so that the trace of a message says why it went where.
+        judged = {} if verdict is None else {
+            "verdict": "reject" if verdict.reply is not None else verdict.disposition}
         log(logger, "message", id=msg_id, client=self.info.client_ip, helo=self.info.helo,
             tls=self.info.tls or "none", from_=str(envelope.sender or ""),
             to=",".join(recipients), size=body.size, outcome=outcome,
-            codes=",".join(str(r.code) for r in replies), **dsn)
+            codes=",".join(str(r.code) for r in replies), **judged, **dsn)
+
+    def _count_message(self, outcome: str) -> None:
+        metrics = self.ctx.metrics
+        if metrics is not None:
+            protocol = ("lmtp" if self.ctx.lmtp else
+                        "submission" if self.ctx.submission is not None else "smtp")
+            metrics.message_received(protocol, outcome)
 
     async def _ingest_dmarc_report(self, envelope: Envelope, source: bytes | Path,
                                    msg_id: str, replies: list[Reply]) -> None:
@@ -853,6 +869,18 @@ class SMTPSession(asyncio.Protocol):
         else:
             conn.reject(Reply(535, "5.7.8", "Authentication credentials invalid"),
                         count_error=True)
+
+
+def _received_outcome(replies: list[Reply], verdict: DataVerdict | None) -> str:
+    """The outcome a received message is counted under: what the policy decided for it
+    when it was taken (discarded, held, junk), else what the replies say."""
+    if all(r.code < 300 for r in replies):
+        if verdict is not None and verdict.disposition in ("discard", "hold", "junk"):
+            return {"discard": "discarded", "hold": "held", "junk": "junk"}[verdict.disposition]
+        return "accepted"
+    if all(r.code >= 500 for r in replies):
+        return "rejected"
+    return "deferred"
 
 
 def _b64decode(text: str) -> bytes | None:
