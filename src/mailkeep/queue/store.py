@@ -87,6 +87,11 @@ TMP_GRACE_SECONDS = 10.0
 MAX_QUEUE_ID = 64
 #: Shortest id prefix the administration commands accept (as postsuper does with ids).
 MIN_ID_PREFIX = 6
+#: Held shared by a backup (mailkeep.backup) while it copies the files its copy of queue.db
+#: names; a message file is removed only with this lock held exclusively, so none of them
+#: can go before it is copied. How often a waiting unlinker looks again (seconds).
+PIN_FILE = "pin.lock"
+_PIN_POLL_SECONDS = 0.1
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -356,6 +361,7 @@ class QueueStore:
         self.messages_dir = self.queue_dir / "messages"
         self.tmp_dir = self.queue_dir / "tmp"
         self.db_path = self.queue_dir / "queue.db"
+        self.pin_path = self.queue_dir / PIN_FILE
         self._fsync = fsync
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -376,6 +382,7 @@ class QueueStore:
             raise QueueIOError(f"cannot open the queue in {self.queue_dir}: {exc}") from exc
         try:
             self._init_schema()
+            self.pin_path.touch(mode=FILE_MODE, exist_ok=True)
             self._give_to_owner()
             self.recover()
         except (OSError, sqlite3.Error) as exc:
@@ -455,7 +462,7 @@ class QueueStore:
         if owner.st_uid == 0:
             return
         for path in (self.queue_dir, self.messages_dir, self.tmp_dir,
-                     self.queue_dir / "maildrop", self.db_path,
+                     self.queue_dir / "maildrop", self.db_path, self.pin_path,
                      self.db_path.with_name("queue.db-wal"),
                      self.db_path.with_name("queue.db-shm")):
             with contextlib.suppress(FileNotFoundError):
@@ -478,12 +485,16 @@ class QueueStore:
         one write with the committer's).
         """
         conn = self._connect()
+        pin = None
         try:
-            self._recover(conn)
+            pin = _pin_exclusive(self.pin_path, keep_trying=lambda: False)
+            self._recover(conn, pinned=pin is None)
         finally:
+            if pin is not None:
+                os.close(pin)
             conn.close()
 
-    def _recover(self, conn: sqlite3.Connection) -> None:
+    def _recover(self, conn: sqlite3.Connection, *, pinned: bool) -> None:
 
         def has_row(queue_id: str) -> bool:
             return conn.execute("SELECT 1 FROM messages WHERE id = ?",
@@ -492,7 +503,9 @@ class QueueStore:
         removed = 0
         touched = False
         with os.scandir(self.messages_dir) as entries:
-            names = [e.name for e in entries]
+            # While a backup reads (pinned), a file whose row went after its copy of the
+            # database was made is still to be copied: removed at a later recover().
+            names = [] if pinned else [e.name for e in entries]
         for name in names:
             if has_row(name):
                 continue
@@ -911,14 +924,22 @@ class QueueStore:
             self._unlink_now(queue_id)
 
     def _unlink_now(self, queue_id: str) -> None:
+        pin = None
         try:
-            os.unlink(self.messages_dir / queue_id)
+            # Waits while a backup copies the queue; when closing, the file is left to the
+            # next recover() (its row is gone).
+            pin = _pin_exclusive(self.pin_path, keep_trying=lambda: not self._closed)
+            if pin is not None:
+                os.unlink(self.messages_dir / queue_id)
         except FileNotFoundError:
             pass
         except OSError as exc:
             # The row is gone, so the next recover() removes the file.
             log(logger, "cannot remove a finished message file", logging.WARNING,
                 id=queue_id, error=str(exc))
+        finally:
+            if pin is not None:
+                os.close(pin)
 
     # -- administration ----------------------------------------------------------------
 
@@ -1026,6 +1047,20 @@ class QueueStore:
 
     def count(self) -> int:
         return int(self._reader().execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+    def state_summary(self, now: float) -> dict[str, tuple[int, float | None]]:
+        """Messages per state, with the creation time of the oldest (for the metrics):
+        "held"; "deferred", waiting for a retry after ``now``; "active", due now or being
+        delivered. States without messages are left out."""
+        rows = self._reader().execute(
+            "SELECT CASE WHEN hold THEN 'held' WHEN next_attempt > ? THEN 'deferred'"
+            " ELSE 'active' END AS state, COUNT(*), MIN(created) FROM messages"
+            " GROUP BY state", (now,)).fetchall()
+        return {str(state): (int(count), oldest) for state, count, oldest in rows}
+
+    def instrument(self, metrics: Any) -> None:
+        """Time the queue's group commits in ``metrics`` (mailkeep.metrics.ServerMetrics)."""
+        self._committer.observe = metrics.commit_observer("queue")
 
     def selectors_in_use(self) -> set[str]:
         """"domain:selector" of every DKIM key that signed a queued message: a rotated-out
@@ -1241,6 +1276,21 @@ def _memory_copy(message: NewMessage, size: int) -> bytes | None:
     if size > MEMORY_COPY_LIMIT or not isinstance(message.source, bytes | bytearray):
         return None
     return message.prefix + message.source[message.source_offset:]
+
+
+def _pin_exclusive(path: Path, *, keep_trying: Callable[[], bool]) -> int | None:
+    """The pin lock (``PIN_FILE``) held exclusively, as a descriptor to close; None if a
+    backup holds it and ``keep_trying()`` says to stop waiting."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, FILE_MODE)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if not keep_trying():
+                os.close(fd)
+                return None
+            time.sleep(_PIN_POLL_SECONDS)
 
 
 def _remove_if_abandoned(path: Path, has_row: Callable[[], bool]) -> bool:

@@ -325,6 +325,8 @@ class SQLiteStore:
         self._janitor = threading.Thread(target=self._janitor_loop, name="mailkeep-store-gc",
                                          daemon=True)
         self._janitor.start()
+        #: Deliveries are counted here once set by ``instrument``.
+        self.metrics: Any = None
 
     # -- connections -----------------------------------------------------------------
 
@@ -359,16 +361,30 @@ class SQLiteStore:
                 "SELECT 1 FROM files f JOIN accounts a ON a.id = f.account_id"
                 " WHERE a.dir = ? AND f.name = ?", (dir_name, file_name)).fetchone() is not None
 
-        for token, forget in msgfiles.dead_writers(self.root / "writers", self.token.token):
-            removed = msgfiles.remove_orphans(self.accounts_dir, f"{token}-", is_committed)
-            forget()
-            report.dead_writers.append(token)
-            report.orphan_files += len(removed)
-            if removed:
-                logger.warning("recovery: removed %d uncommitted message file(s) left by an "
-                               "interrupted writer (%s)", len(removed), token)
-            else:
-                logger.info("recovery: writer %s ended uncleanly; nothing to clean", token)
+        # A dead writer's file whose row was expunged after a snapshot (an export, a backup)
+        # began is "uncommitted" now but still part of that snapshot: like the janitor,
+        # remove nothing while the pin is held shared; the tokens stay for the next open.
+        pin = os.open(self._pin_path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(pin, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                writers = msgfiles.dead_writers(self.root / "writers", self.token.token)
+            except BlockingIOError:
+                logger.info("recovery: a snapshot is being read; files of interrupted "
+                            "writers are left for the next open")
+                writers = iter(())
+            for token, forget in writers:
+                removed = msgfiles.remove_orphans(self.accounts_dir, f"{token}-", is_committed)
+                forget()
+                report.dead_writers.append(token)
+                report.orphan_files += len(removed)
+                if removed:
+                    logger.warning("recovery: removed %d uncommitted message file(s) left by "
+                                   "an interrupted writer (%s)", len(removed), token)
+                else:
+                    logger.info("recovery: writer %s ended uncleanly; nothing to clean", token)
+        finally:
+            os.close(pin)
         for (dir_name,) in conn.execute("SELECT dir FROM accounts").fetchall():
             path = self.accounts_dir / dir_name
             if not path.is_dir():
@@ -466,6 +482,12 @@ class SQLiteStore:
                 logger.exception("could not remove files of expunged messages")
 
     # -- lifecycle -------------------------------------------------------------------
+
+    def instrument(self, metrics: Any) -> None:
+        """Count deliveries and time group commits in ``metrics``
+        (mailkeep.metrics.ServerMetrics)."""
+        self.metrics = metrics
+        self._committer.observe = metrics.commit_observer("mailbox")
 
     def close(self) -> None:
         if self._closed:
@@ -1190,7 +1212,18 @@ class SQLiteStore:
         done = LoopCompletion(asyncio.get_running_loop())
         jobs = [partial(self._prepare_delivery, r) for r in requests]
         self._prepare_all(jobs, partial(self._commit_deliveries, future=done), done)
-        return await done.future
+        metrics = self.metrics
+        if metrics is None:
+            return await done.future
+        try:
+            results: list[DeliveryResult] = await done.future
+        except Exception:
+            metrics.local_delivery("failed", len(requests))
+            raise
+        for result in results:
+            metrics.local_delivery("stored" if result.ok else
+                                   "over_quota" if result.error == "quota" else "failed")
+        return results
 
     def _commit_deliveries(self, pendings: list[_Pending], future: Completion) -> None:
         # Each request succeeds or fails alone: under its own SAVEPOINT, or, when it is the
