@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mailkeep.durable import fsync_dir
@@ -230,18 +230,22 @@ def count_messages(root: Path) -> int:
 async def import_maildir(store: Store, account: str, source: Path, *,
                          progress: Progress | None = None, limit: int | None = None,
                          max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                         mailbox_prefix: str | None = None) -> ImportReport:
+                         mailbox_prefix: str | None = None,
+                         folders: Sequence[tuple[str, Path]] | None = None) -> ImportReport:
     """Import a Maildir++ tree into ``account``; resumable, never imports a file twice.
 
     ``limit`` stops after that many new messages (the report says ``incomplete``); run
     again to continue. ``mailbox_prefix`` puts everything below that mailbox instead.
+    ``folders`` replaces the Maildir++ scan of ``source`` with (mailbox, folder) pairs, for
+    other layouts (Dovecot's LAYOUT=fs, see ``mailkeep.migrate.dovecot``); subscriptions
+    are still read from ``source``.
     """
     source = Path(source)
     if not source.is_dir():
         raise FileNotFoundError(f"{source} is not a directory")
     report = ImportReport()
     batcher = ImportBatcher(store, account, report, progress=progress, limit=limit)
-    for mailbox, folder in maildir_folders(source):
+    for mailbox, folder in (maildir_folders(source) if folders is None else folders):
         target = mailbox if mailbox_prefix is None else (
             f"{mailbox_prefix}{SEPARATOR}{mailbox}" if mailbox != INBOX else mailbox_prefix)
         try:
