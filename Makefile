@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 APT_PACKAGES := postfix swaks ca-certificates openssl libnet-ssleay-perl libio-socket-ssl-perl \
                 libauthen-sasl-perl procps dovecot-imapd dovecot-pop3d isync offlineimap3 \
                 fetchmail mutt opendkim-tools nsd unbound ldnsutils bind9-dnsutils sasl2-bin \
-                libsasl2-modules clamav-daemon rspamd
+                libsasl2-modules clamav-daemon rspamd curl libplist-utils pebble
 
 .PHONY: run test venv apt-deps lint lock clean
 

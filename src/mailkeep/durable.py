@@ -39,6 +39,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
+    replace_durably(tmp, target)
+
+
+def replace_durably(tmp: Path, target: Path) -> None:
+    """Rename the prepared ``tmp`` (a file or a symlink) over ``target`` in the same
+    directory, then fsync the directory; ``tmp`` is removed if the rename fails."""
     try:
         os.replace(tmp, target)
     except BaseException:

@@ -167,7 +167,8 @@ def test_unknown_keys_suggest_the_right_one():
 
 def test_unknown_key_without_suggestion_lists_the_allowed_keys():
     assert errors_of(BASE + "[log]\nzzz = 1\n") == [
-        "mailkeep.toml: log.zzz: unknown key (allowed: format, level, file)"]
+        "mailkeep.toml: log.zzz: unknown key (allowed: format, level, target, file, dir, "
+        "files, rotate_size, rotate_keep, syslog_socket, journald_socket, facility)"]
 
 
 def test_password_in_config_is_an_unknown_key():

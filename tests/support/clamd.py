@@ -28,10 +28,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.support.procs import ProcessError, free_port, start_process, stop_process
+from tests.support.procs import (
+    ProcessError,
+    StartStop,
+    free_port,
+    start_process,
+    stop_process,
+)
 
 CLAMD = "/usr/sbin/clamd"
 
@@ -85,7 +89,7 @@ def _ping(family: socket.AddressFamily, address: str | tuple[str, int]) -> bool:
         return False
 
 
-class RunningClamd:
+class RunningClamd(StartStop):
     """clamd on a Unix socket and on 127.0.0.1, from a temporary directory; a context manager.
 
     ``signatures`` are the lines of the test's .ndb database (at least one: clamd refuses
@@ -128,14 +132,6 @@ class RunningClamd:
             return ""
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         if not Path(CLAMD).exists():

@@ -30,15 +30,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import dns.exception
 import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
-from tests.support.procs import ProcessError, free_port, start_process, stop_process
+from tests.support.procs import (
+    ProcessError,
+    StartStop,
+    free_port,
+    start_process,
+    stop_process,
+)
 
 NSD = "/usr/sbin/nsd"
 UNBOUND = "/usr/sbin/unbound"
@@ -130,7 +134,7 @@ def _answers(address: tuple[str, int], name: str, timeout: float = 0.3) -> int |
     return response.rcode()
 
 
-class ThrowawayDNS:
+class ThrowawayDNS(StartStop):
     """NSD + a validating Unbound serving ``zones``; use as a context manager.
 
     ``lame_zones`` are delegated to NSD, which does not serve them and answers REFUSED:
@@ -177,14 +181,6 @@ class ThrowawayDNS:
         return "\n".join(parts)
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def start(self) -> None:
         _require(NSD, UNBOUND, LDNS_KEYGEN, LDNS_SIGNZONE)

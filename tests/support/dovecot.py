@@ -59,11 +59,10 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.support.procs import (
     ProcessError,
+    StartStop,
     WaitTimeout,
     free_port,
     run_command,
@@ -265,7 +264,7 @@ class DovecotPorts:
         return cls(*sorted(ports))
 
 
-class ThrowawayDovecot:
+class ThrowawayDovecot(StartStop):
     """A private Dovecot in a temporary directory; use it as a context manager.
 
     >>> with ThrowawayDovecot({"me@bench.test": "pw-123456"}) as dc:  # doctest: +SKIP
@@ -512,18 +511,6 @@ userdb {{
             if not self._keep_dir:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- observation
     def log_text(self) -> str:

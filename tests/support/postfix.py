@@ -56,11 +56,11 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 from tests.support.procs import (
     ProcessError,
+    StartStop,
     free_port,
     kill_group,
     pid_is_alive,
@@ -176,7 +176,7 @@ def bracketed_nexthop(target: str) -> str:
     return f"[{host}]" + (f":{port}" if port is not None else "")
 
 
-class ThrowawayPostfix:
+class ThrowawayPostfix(StartStop):
     """A private Postfix instance in a temporary directory; use it as a context manager.
 
     >>> with ThrowawayPostfix.virtual_maildir("bench.test", "demo") as pf:  # doctest: +SKIP
@@ -585,18 +585,6 @@ class ThrowawayPostfix:
             if not self._keep_dir:
                 shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- observation
     def log_text(self) -> str:

@@ -17,7 +17,8 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Self, TypeVar
 
 T = TypeVar("T")
 
@@ -34,6 +35,25 @@ class ProcessError(RuntimeError):
 
 class WaitTimeout(TimeoutError):
     """A bounded wait ran out of time; the message says what was being waited for."""
+
+
+class StartStop:
+    """A helper daemon as a context manager: ``with Daemon(...) as d:`` calls ``start()``
+    and, however the block ends, ``stop()``."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
 
 
 def _excerpt(text: str | bytes | None) -> str:

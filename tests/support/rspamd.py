@@ -52,10 +52,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
-from tests.support.procs import ProcessError, free_port, start_process, stop_process
+from tests.support.procs import (
+    ProcessError,
+    StartStop,
+    free_port,
+    start_process,
+    stop_process,
+)
 
 RSPAMD = "/usr/bin/rspamd"
 #: Debian's stock configuration, which the harness runs with its overrides on top.
@@ -214,7 +218,7 @@ def _override_files(port: int, dns_port: int, root: Path) -> dict[str, str]:
     }
 
 
-class RunningRspamd:
+class RunningRspamd(StartStop):
     """Debian's rspamd on 127.0.0.1, off the Internet; use as a context manager.
 
     ``url`` is the normal worker's base URL (``http://127.0.0.1:PORT``); ``log_text()``
@@ -230,14 +234,6 @@ class RunningRspamd:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     def log_text(self) -> str:
         if self.root is None:

@@ -31,10 +31,10 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
 
-def fail(message: str) -> int:
-    """Print an error for the user; the exit code of a failed command."""
+def fail(message: str, code: int = 1) -> int:
+    """Print an error for the user; the exit code of a failed command (``code``)."""
     print(f"mailkeep: error: {message}", file=sys.stderr)
-    return 1
+    return code
 
 
 def report_config_error(exc: ConfigError, intro: str | None = None) -> int:

@@ -63,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     imp.add_argument("--create-account", action="store_true",
                      help="create the account in the store if it is not there (needed with "
                           "--data-dir for an account the store does not know yet)")
-    _common_arguments(imp)
+    common_arguments(imp)
     imp.set_defaults(func=cmd_import)
 
     exp = subparsers.add_parser(
@@ -74,19 +74,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     exp.add_argument("--format", "-f", required=True, choices=("maildir", "mbox"),
                      help="the format to write")
     exp.add_argument("dest", metavar="DEST", help="directory to create")
-    _common_arguments(exp)
+    common_arguments(exp)
     exp.set_defaults(func=cmd_export)
 
 
-def _common_arguments(parser: argparse.ArgumentParser) -> None:
+def common_arguments(parser: argparse.ArgumentParser, data_dir_help: str =
+                     "use this data directory instead of the one in the configuration"
+                     ) -> None:
+    """--config, --data-dir and --progress, shared with `mailkeep backup` and `restore`."""
     add_config_argument(parser)
-    parser.add_argument("--data-dir", metavar="DIR",
-                        help="use this data directory instead of the one in the configuration")
+    parser.add_argument("--data-dir", metavar="DIR", help=data_dir_help)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="show a progress bar (default: when stderr is a terminal)")
 
 
-def _fail(command: str, text: str, code: int = EX_FAILED) -> int:
+def command_fail(command: str, text: str, code: int = EX_FAILED) -> int:
+    """Print ``mailkeep COMMAND: TEXT`` on stderr; return the exit code ``code``."""
     print(f"mailkeep {command}: {text}", file=sys.stderr)
     return code
 
@@ -105,7 +108,7 @@ def _open_store(command: str, args: argparse.Namespace, *, may_create: bool):
     try:
         account = _canonical_account(args.account)
     except ValueError as exc:
-        return _fail(command, f"{args.account!r} is not an account address: {exc}", EX_USAGE)
+        return command_fail(command, f"{args.account!r} is not an account address: {exc}", EX_USAGE)
     configured = False
     if args.data_dir:
         data_dir = Path(args.data_dir)
@@ -115,7 +118,7 @@ def _open_store(command: str, args: argparse.Namespace, *, may_create: bool):
         try:
             config = load_config(config_path(args))
         except (ConfigError, OSError) as exc:
-            return _fail(command, str(exc), EX_USAGE)
+            return command_fail(command, str(exc), EX_USAGE)
         data_dir = config.data_dir
         configured = account in config.accounts
     from mailkeep.store import StoreError, open_store
@@ -123,7 +126,7 @@ def _open_store(command: str, args: argparse.Namespace, *, may_create: bool):
     try:
         store = open_store(data_dir)
     except (StoreError, OSError) as exc:
-        return _fail(command, f"cannot open the store in {data_dir}: {exc}")
+        return command_fail(command, f"cannot open the store in {data_dir}: {exc}")
     if account not in store.list_accounts():
         if configured or (may_create and args.create_account):
             store.ensure_account(account)
@@ -132,11 +135,11 @@ def _open_store(command: str, args: argparse.Namespace, *, may_create: bool):
             hint = ("add it to the configuration first" if not args.data_dir
                     else "pass --create-account to create it" if may_create
                     else "check the name")
-            return _fail(command, f"no account {account} in the store; {hint}")
+            return command_fail(command, f"no account {account} in the store; {hint}")
     return store, account
 
 
-def _progress(args: argparse.Namespace, label: str, **kwargs):
+def progress_bar(args: argparse.Namespace, label: str, **kwargs):
     from mailkeep.progress import Progress
 
     return Progress(label, enabled=args.progress, **kwargs)
@@ -151,14 +154,14 @@ def cmd_import(args: argparse.Namespace) -> int:
     try:
         max_size = parse_size(args.max_message_size)
     except ValueError as exc:
-        return _fail("import", f"--max-message-size: {exc}", EX_USAGE)
+        return command_fail("import", f"--max-message-size: {exc}", EX_USAGE)
     if args.limit is not None and args.limit < 1:
-        return _fail("import", "--limit must be at least 1", EX_USAGE)
+        return command_fail("import", "--limit must be at least 1", EX_USAGE)
     source = Path(args.source)
     if not source.exists():
-        return _fail("import", f"{source} does not exist", EX_USAGE)
+        return command_fail("import", f"{source} does not exist", EX_USAGE)
     if args.format == "maildir" and not source.is_dir():
-        return _fail("import", f"{source} is not a Maildir directory", EX_USAGE)
+        return command_fail("import", f"{source} is not a Maildir directory", EX_USAGE)
     opened = _open_store("import", args, may_create=True)
     if isinstance(opened, int):
         return opened
@@ -166,13 +169,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         if args.format == "maildir":
-            with _progress(args, "Importing", total=count_messages(source),
-                           unit="msg") as progress:
+            with progress_bar(args, "Importing", total=count_messages(source),
+                              unit="msg") as progress:
                 report = asyncio.run(import_maildir(
                     store, account, source, progress=progress, limit=args.limit,
                     max_message_bytes=max_size, mailbox_prefix=args.mailbox))
         else:
-            with _progress(args, "Importing", byte_units=True) as progress:
+            with progress_bar(args, "Importing", byte_units=True) as progress:
                 report = asyncio.run(import_mbox(
                     store, account, source, progress=progress, limit=args.limit,
                     max_message_bytes=max_size, mailbox=args.mailbox))
@@ -181,7 +184,7 @@ def cmd_import(args: argparse.Namespace) -> int:
               "command again to continue.", file=sys.stderr)
         raise
     except (StoreError, OSError, ValueError) as exc:
-        return _fail("import", str(exc))
+        return command_fail("import", str(exc))
     finally:
         store.close()
     elapsed = time.monotonic() - started
@@ -204,7 +207,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     dest = Path(args.dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        return _fail("export", f"{dest} exists and is not an empty directory", EX_USAGE)
+        return command_fail("export", f"{dest} exists and is not an empty directory", EX_USAGE)
     opened = _open_store("export", args, may_create=False)
     if isinstance(opened, int):
         return opened
@@ -212,10 +215,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     started = time.monotonic()
     exporter = export_maildir if args.format == "maildir" else export_mbox
     try:
-        with _progress(args, "Exporting", unit="msg") as progress:
+        with progress_bar(args, "Exporting", unit="msg") as progress:
             report = exporter(store, account, dest, progress=progress)
     except (StoreError, OSError) as exc:
-        return _fail("export", str(exc))
+        return command_fail("export", str(exc))
     finally:
         store.close()
     elapsed = time.monotonic() - started

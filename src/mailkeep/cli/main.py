@@ -15,6 +15,7 @@ from mailkeep import __version__
 # Modules that provide commands, in the order `mailkeep --help` lists them.
 COMMAND_MODULES = [
     "mailkeep.cli.server_cmds",   # localserve, serve
+    "mailkeep.cli.quickstart_cmd",  # quickstart
     "mailkeep.cli.config_cmd",    # config check
     "mailkeep.cli.domain",        # domain add|list|remove
     "mailkeep.cli.account",       # account add|list|remove|passwd|import-passwd
@@ -22,10 +23,16 @@ COMMAND_MODULES = [
     "mailkeep.cli.mailbox_io",    # export, import
     "mailkeep.cli.deliver_cmd",   # deliver (LDA)
     "mailkeep.cli.dkim_cmd",      # dkim keygen|list|rotate|remove|dns
+    "mailkeep.cli.cert_cmd",      # cert status|renew
+    "mailkeep.cli.dns_cmd",       # dns records
+    "mailkeep.cli.check_cmd",     # check
     "mailkeep.cli.queue_cmd",     # queue list|show|hold|release|delete|retry|flush
     "mailkeep.cli.ban_cmd",       # ban list|add|lift
     "mailkeep.cli.dmarc_cmd",     # dmarc reports|import|send
     "mailkeep.cli.sendmail_cmd",  # sendmail (and mailq)
+    "mailkeep.cli.log_cmd",       # log trace
+    "mailkeep.cli.backup_cmd",    # backup, restore
+    "mailkeep.cli.migrate_cmd",   # migrate (from Postfix + Dovecot)
 ]
 
 DEFAULT_CONFIG = "/etc/mailkeep/mailkeep.toml"

@@ -38,8 +38,10 @@ from mailkeep.config.schema import (
     DEFAULT_SUBADDRESS_SEPARATOR,
     DMARC_POLICIES,
     DNSBL_ACTIONS,
+    LOG_FACILITIES,
     LOG_FORMATS,
     LOG_LEVELS,
+    LOG_TARGETS,
     MAX_ACCOUNT_NAME_LENGTH,
     MAX_ALIAS_TARGETS,
     MAX_SUBADDRESS_SEPARATORS,
@@ -87,7 +89,13 @@ TOP_LEVEL_KEYS = ("hostname", "data_dir", "run_as", "postmaster", "log", "tls", 
                   "auth", "imap", "pop3", "submission", "queue", "delivery", "relays",
                   "policy", "dmarc", "acme", "dns", "metrics", "listeners", "domains",
                   "accounts", "aliases")
-LOG_KEYS = ("format", "level", "file")
+LOG_KEYS = ("format", "level", "target", "file", "dir", "files", "rotate_size", "rotate_keep",
+            "syslog_socket", "journald_socket", "facility")
+#: [log.files]: subsystems (the first part of a logger name) and how many may be listed.
+LOG_SUBSYSTEM = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_LOG_FILES = 100
+#: rotate_size: 0 (no built-in rotation) or at least this many bytes.
+MIN_ROTATE_SIZE = 4096
 TLS_KEYS = ("cert", "key")
 SMTP_KEYS = tuple(f.name for f in fields(SmtpConfig))
 LISTENER_KEYS = ("protocol", "address", "tls", "policy")
@@ -99,7 +107,7 @@ GREYLIST_KEYS = ("delay", "retry_window", "auto_allow")
 CLAMAV_KEYS = ("socket", "on_error", "max_size", "timeout")
 RSPAMD_KEYS = ("url", "on_error", "max_size", "timeout", "password_file")
 ACME_KEYS = ("enabled", "directory", "email", "names", "key_types", "challenges",
-             "renew_before", "ca_file")
+             "renew_before", "retry_interval", "ca_file")
 DNS_KEYS = ("ipv4", "ipv6", "mta_sts_mode", "mta_sts_max_age", "dmarc_policy",
             "tlsrpt_address", "dkim_testing", "caa_issuers")
 METRICS_KEYS = ("enabled", "allow")
@@ -471,12 +479,71 @@ class _Loader:
         table = self.table(data.get("log"), "log")
         if table is None:
             return LogConfig()
-        self.known_keys(table, LOG_KEYS, "log")
-        fmt = self.choice(table, "format", ("log",), LOG_FORMATS, "logfmt")
-        level = self.choice(table, "level", ("log",), LOG_LEVELS, "info")
-        file = self.string(table, "file", ("log",), "")
-        return LogConfig(format=fmt, level=level,  # type: ignore[arg-type]
-                         file=self.file_path(file) if file else None)
+        prefix: tuple[str | int, ...] = ("log",)
+        self.known_keys(table, LOG_KEYS, *prefix)
+        defaults = LogConfig()
+        fmt = self.choice(table, "format", prefix, LOG_FORMATS, "logfmt")
+        level = self.choice(table, "level", prefix, LOG_LEVELS, "info")
+        file_text = self.string(table, "file", prefix, "")
+        dir_text = self.string(table, "dir", prefix, "")
+        file = self.file_path(file_text) if file_text else None
+        directory = self.file_path(dir_text) if dir_text else None
+        files = self._log_files(table, directory)
+        target = self.choice(table, "target", prefix, LOG_TARGETS,
+                             "file" if (file or directory or files) else "stderr")
+        if file is not None and directory is not None:
+            self.error("log.dir", "cannot be set together with file",
+                       allowed="file (one log) or dir (one file per subsystem)")
+        if target == "file" and not (file or directory or files):
+            self.error("log.target", '"file" needs file, dir or [log.files]',
+                       allowed='e.g. dir = "/var/log/mailkeep"')
+        if target != "file":
+            for name in ("file", "dir", "files", "rotate_size", "rotate_keep"):
+                if name in table:
+                    self.error(key_path("log", name), f'only for target = "file", not {target!r}')
+        rotate_size = self.number(table, "rotate_size", prefix, 0, 0, 1 << 40, "size")
+        if 0 < rotate_size < MIN_ROTATE_SIZE:
+            self.error("log.rotate_size", "too small",
+                       allowed=f"0 (no rotation) or at least {MIN_ROTATE_SIZE} bytes")
+        sockets = {}
+        for name in ("syslog_socket", "journald_socket"):
+            text = self.string(table, name, prefix, "")
+            if text and not text.startswith("/"):
+                self.error(key_path("log", name), "must be an absolute path")
+            sockets[name] = Path(text) if text else getattr(defaults, name)
+        return LogConfig(
+            format=fmt, level=level,  # type: ignore[arg-type]
+            target=target or "stderr", file=file, dir=directory, files=_frozen(files),
+            rotate_size=int(rotate_size),
+            rotate_keep=int(self.number(table, "rotate_keep", prefix, defaults.rotate_keep,
+                                        1, 1000, "int")),
+            facility=self.choice(table, "facility", prefix, LOG_FACILITIES, "mail") or "mail",
+            **sockets)
+
+    def _log_files(self, table: Mapping[str, Any], directory: Path | None) -> dict[str, Path]:
+        """[log.files]: subsystem → file (relative to ``dir`` if set, else to the config
+        file's directory)."""
+        files_table = self.table(table.get("files"), "log", "files")
+        if not files_table:
+            return {}
+        if len(files_table) > MAX_LOG_FILES:
+            self.error("log.files", f"more than {MAX_LOG_FILES} entries")
+            return {}
+        files: dict[str, Path] = {}
+        for subsystem, value in files_table.items():
+            where = key_path("log", "files", subsystem)
+            if not LOG_SUBSYSTEM.fullmatch(subsystem):
+                self.error(where, "not a subsystem name",
+                           allowed="e.g. smtp, imap, pop3, queue, delivery, store, auth")
+                continue
+            if not isinstance(value, str) or not value.strip():
+                self.error(where, f"expected a file name, got {_describe(value)}")
+                continue
+            path = Path(value)
+            if not path.is_absolute():
+                path = directory / path if directory is not None else self.file_path(value)
+            files[subsystem] = path
+        return files
 
     def _tls(self, data: Mapping[str, Any]) -> TlsConfig:
         table = self.table(data.get("tls"), "tls")
@@ -867,6 +934,8 @@ class _Loader:
             challenges=challenges or defaults.challenges,
             renew_before=self.number(table, "renew_before", prefix, defaults.renew_before,
                                      86400, 60 * 86400, "duration"),
+            retry_interval=self.number(table, "retry_interval", prefix,
+                                       defaults.retry_interval, 1, 86400, "duration"),
             ca_file=self.file_path(ca_file) if ca_file else None)
 
     def _choices(self, table: Mapping[str, Any], name: str, prefix: tuple[str | int, ...],

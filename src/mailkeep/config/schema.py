@@ -24,6 +24,8 @@ TlsMode = Literal["starttls", "implicit", "none"]
 
 LOG_FORMATS: tuple[str, ...] = ("logfmt", "json")
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")
+LOG_TARGETS: tuple[str, ...] = ("stderr", "file", "syslog", "journald")
+LOG_FACILITIES: tuple[str, ...] = ("mail", "daemon", "user", *(f"local{n}" for n in range(8)))
 BARE_NEWLINES: tuple[str, ...] = ("reject", "normalize")
 TLS_MODES: tuple[str, ...] = ("starttls", "implicit", "none")
 
@@ -94,11 +96,22 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class LogConfig:
-    """``[log]``: where and how the server logs."""
+    """``[log]``: where and how the server logs (docs/operations.md). ``target`` "file"
+    writes ``file``, or one file per subsystem in ``dir``, with ``files`` (subsystem →
+    path) sending chosen subsystems elsewhere; size-based rotation when ``rotate_size``
+    is not 0. "syslog" and "journald" send to those sockets."""
 
     format: LogFormat = "logfmt"
     level: LogLevel = "info"
-    file: Path | None = None  # None: standard error
+    target: str = "stderr"
+    file: Path | None = None
+    dir: Path | None = None
+    files: Mapping[str, Path] = field(default_factory=lambda: MappingProxyType({}))
+    rotate_size: int = 0          # bytes; 0: no built-in rotation (logrotate reopens)
+    rotate_keep: int = 7
+    syslog_socket: Path = Path("/dev/log")
+    journald_socket: Path = Path("/run/systemd/journal/socket")
+    facility: str = "mail"
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,8 @@ class AcmeConfig:
     challenges: tuple[str, ...] = ACME_CHALLENGES
     #: Renew when a certificate has less than this left (seconds; default 30 days).
     renew_before: float = 30 * 86400.0
+    #: Wait after a failed attempt before the next (seconds); doubles up to 12 hours.
+    retry_interval: float = 300.0
     #: CA certificates that sign the directory's HTTPS (a private CA such as pebble's).
     ca_file: Path | None = None
 

@@ -35,7 +35,9 @@ from mailkeep.config import Config, ConfigError, load_config
 from mailkeep.delivery.pipeline import Pipeline
 from mailkeep.delivery.submission import RateLimiter, Submission
 from mailkeep.dkim.keys import DkimKeys
-from mailkeep.logfmt import log, setup_logging
+from mailkeep.logfmt import configure as configure_logging
+from mailkeep.logfmt import log
+from mailkeep.metrics import ServerMetrics
 from mailkeep.outbound.dns import make_resolver
 from mailkeep.queue.pickup import Pickup
 from mailkeep.queue.scheduler import Scheduler
@@ -61,7 +63,7 @@ IMAP_PROTOCOLS = {"imap", "imaps"}
 POP3_PROTOCOLS = {"pop3", "pop3s"}
 WEB_PROTOCOLS = {"http", "https"}
 SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS | WEB_PROTOCOLS
-TLS_RELOAD_INTERVAL = 60.0
+TLS_RELOAD_INTERVAL = 10.0
 SWITCH_INTERVAL = 0.0005
 
 
@@ -206,6 +208,11 @@ class Server:
         # ("store", "metrics", ...; see mailkeep.web.server.WebContext).
         self.challenges = ChallengeStore()
         self.web_services: dict[str, Any] = {}
+        # Prometheus metrics of this server (GET /metrics on the HTTP(S) listeners).
+        self.metrics = ServerMetrics()
+        self.web_services["metrics"] = self.metrics
+        # ACME certificates (mailkeep.acme.manager), renewed in the background.
+        self.certificates: Any = None
 
     # -- assembling the runtime from a config ------------------------------------------
 
@@ -258,6 +265,7 @@ class Server:
             queue=self.queue,
             dmarc_store=self.dmarc_store,
             dmarc_report_address=config.dmarc.report_address,
+            metrics=self.metrics,
         )
 
     def inbound_policy(self, config: Config) -> Any:
@@ -360,6 +368,9 @@ class Server:
         # A banned client is refused by every listener, in its protocol, before a session.
         server.enforce_bans(self.bans, lambda: ban_refusal(
             key.family, self.config.hostname, server.context.implicit_tls))
+        counts = getattr(server, "counter", None) or getattr(server, "counts", None)
+        if counts is not None:  # connections opened, refused and open, for the metrics
+            counts.stats = self.metrics.connection_stats(context.listener, counts)
         return server
 
     def _new_listener(self, key: ListenerKey, context: Any) -> Any:
@@ -411,8 +422,7 @@ class Server:
                     leftover.unlink()
         # Certificates are read while still root (certbot's keys are root-only); renewed
         # files must be readable by run_as, e.g. through Debian's ssl-cert group.
-        self.tls = TLSManager.from_config(config.tls.cert, config.tls.key, config.data_dir,
-                                          config.hostname)
+        self.tls = TLSManager.for_config(config)
         if config.run_as:
             if os.getuid() == 0:
                 drop_privileges(config.run_as, config.data_dir)
@@ -423,7 +433,8 @@ class Server:
         self._ensure_accounts(config)
         bans = self.bans = BanList.open(config.data_dir, BanPolicy.from_config(config.auth))
         self.imap_counts.bans = bans
-        self.authenticator = Authenticator.from_config(config, bans=bans)
+        self.authenticator = Authenticator.from_config(config, bans=bans, metrics=self.metrics)
+        bans.metrics = self.metrics
         self.fts = await asyncio.to_thread(open_fts, self.store, config.data_dir)
         self.indexer = BackgroundIndexer(self.store, self.fts)
         self.indexer.watch(self._mailbox_accounts(config))
@@ -431,9 +442,14 @@ class Server:
         pipeline = Pipeline(config, self.store, Resolver(config))
         self.queue = await asyncio.to_thread(QueueStore.for_data_dir, config.data_dir)
         self.dkim = DkimKeys.for_data_dir(config.data_dir)
-        self.scheduler = Scheduler(config, self.queue, pipeline, data_dir=config.data_dir)
+        self.scheduler = Scheduler(config, self.queue, pipeline, data_dir=config.data_dir,
+                                   metrics=self.metrics)
+        self.store.instrument(self.metrics)
+        self.queue.instrument(self.metrics)
+        self.metrics.watch(queue=self.queue, bans=bans)
         self.pickup = Pickup(config.data_dir / "queue" / "maildrop", lambda: self.submission(
             self.config, Pipeline(self.config, self.store, Resolver(self.config))))
+        self.pickup.metrics = self.metrics
         if config.dmarc.report_address or config.dmarc.send_reports:
             from mailkeep.reports.dmarc_send import DmarcReporter, ReportSettings
             from mailkeep.reports.dmarc_store import DmarcStore
@@ -470,6 +486,11 @@ class Server:
             self.banner(config)
         self.ready.set()
         tls_task = loop.create_task(self._watch_certificates())
+        from mailkeep.acme.manager import CertificateManager
+
+        self.certificates = CertificateManager(config, self.challenges,
+                                               on_renewed=self._certificates_renewed)
+        self.certificates.start()
         # `mailkeep ban add|lift` take effect within a second, without a reload.
         bans_task = loop.create_task(bans.watch())
         try:
@@ -478,6 +499,8 @@ class Server:
             tls_task.cancel()
             bans_task.cancel()
             log(logger, "stopping")
+            if self.certificates is not None:
+                await self.certificates.stop()
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
             self.pickup.stop()
             await self.scheduler.stop()
@@ -521,6 +544,11 @@ class Server:
             if self.tls and self.tls.reload_if_changed():
                 self._apply(self.config)
 
+    def _certificates_renewed(self) -> None:
+        """ACME installed new certificates: every listener gets them for its next session."""
+        if self.tls is not None and self.tls.refresh():
+            self._apply(self.config)
+
     def _apply(self, config: Config) -> None:
         pipeline = Pipeline(config, self.store, Resolver(config))
         for listener in self._served_listeners(config):
@@ -542,9 +570,8 @@ class Server:
         try:
             config = load_config(self.config_path)
             tls = self.tls
-            if config.tls.cert != self.config.tls.cert or config.tls.key != self.config.tls.key:
-                tls = TLSManager.from_config(config.tls.cert, config.tls.key,
-                                             config.data_dir, config.hostname)
+            if tls is None or not tls.serves(config):
+                tls = TLSManager.for_config(config)
             if config.data_dir != self.config.data_dir:
                 raise ConfigError(str(self.config_path), "data_dir",
                                   "cannot change while the server runs; restart it")
@@ -558,10 +585,15 @@ class Server:
             return
         self.tls = tls
         self._ensure_accounts(config)
+        if config.log != self.config.log:
+            # New [log] settings: what is pending is written to the old target first.
+            configure_logging(config.log)
         self.config = config
         self.authenticator.update(config)
         self.indexer.watch(self._mailbox_accounts(config))
         self._apply(config)
+        if self.certificates is not None:
+            self.certificates.update(config)
         pipeline = Pipeline(config, self.store, Resolver(config))
         self.scheduler.update(config, pipeline)
         if self.dmarc_reporter is not None:
@@ -589,6 +621,18 @@ class Server:
         log(logger, "reloaded", accounts=len(config.accounts), domains=len(config.domains))
 
 
+def _log_owner(run_as: str | None) -> tuple[int, int] | None:
+    """Who gets the log directories created at start: the user the server will run as
+    (it writes and rotates the files after dropping privileges)."""
+    if not run_as or os.getuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(run_as)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
 def run_server(config_path: Path, *, banner=None) -> int:
     try:
         server = Server(config_path, banner=banner)
@@ -596,7 +640,7 @@ def run_server(config_path: Path, *, banner=None) -> int:
         print(f"mailkeep: {exc}")
         return 78  # EX_CONFIG
     c = server.config
-    setup_logging(c.log.format, c.log.level, c.log.file or None, buffered=True)
+    configure_logging(c.log, owner=_log_owner(c.run_as))
     # The event loop answers every client; worker threads (file writes, fsync, commits)
     # only need the GIL briefly between system calls. A short switch interval keeps them
     # from holding the loop up for Python's default 5 ms at a time.
