@@ -422,3 +422,38 @@ def test_reload_with_new_certificate_files_reaches_https_and_curl_checks_the_nam
             assert kept.getpeercert(binary_form=True) == first.cert_der
     finally:
         web.srv.stop()
+
+
+def test_apple_profile_is_signed_with_a_ca_certificate(tmp_path):
+    ca = TestCA.create(tmp_path / "ca")
+    issued = ca.issue(["mx.example.test"], stem="mx")
+    tls = f'\n[tls]\ncert = "{issued.cert_file}"\nkey = "{issued.key_file}"\n'
+    web = WebServer(tmp_path / "mk", tls=tls)
+    web.srv.start()
+    try:
+        status, headers, body = get(web, "http", "/apple/profile.mobileconfig?email="
+                                    "demo%40example.test", host="mx.example.test")
+        assert status == 200 and headers["Content-Type"] == "application/x-apple-aspen-config"
+        with pytest.raises(plistlib.InvalidFileException):
+            plistlib.loads(body)  # not a bare plist: a CMS SignedData around it
+        signed = tmp_path / "profile.der"
+        signed.write_bytes(body)
+        # OpenSSL checks the signature and the chain to our CA, and hands back the plist.
+        result = subprocess.run(
+            ["openssl", "smime", "-verify", "-inform", "DER", "-in", str(signed),
+             "-CAfile", str(ca.ca_file), "-purpose", "any"],
+            capture_output=True, timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        assert b"Verification successful" in result.stderr
+        profile = plistlib.loads(result.stdout)
+        (mail,) = profile["PayloadContent"]
+        assert mail["EmailAddress"] == "demo@example.test"
+        # Another CA does not verify it.
+        other = TestCA.create(tmp_path / "other", "Another CA")
+        refused = subprocess.run(
+            ["openssl", "smime", "-verify", "-inform", "DER", "-in", str(signed),
+             "-CAfile", str(other.ca_file), "-purpose", "any"],
+            capture_output=True, timeout=TIMEOUT)
+        assert refused.returncode != 0
+    finally:
+        web.srv.stop()

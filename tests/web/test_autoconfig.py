@@ -16,6 +16,7 @@ from pathlib import Path
 
 import defusedxml.ElementTree as SafeET
 import pytest
+from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -546,3 +547,27 @@ def test_address_check_fuzz(full, advertised, text):
     assert {p["LoginName"] for p in protocols} == {address}
     (mail,) = plistlib.loads(apple_profile(advertised, address))["PayloadContent"]
     assert mail["EmailAddress"] == address
+
+
+def test_profile_signer_uses_real_certificates_only(tmp_path):
+    from types import SimpleNamespace
+
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    from mailkeep.servers.tls import CertificatePair, generate_self_signed
+    from mailkeep.web.autoconfig import ProfileSigner
+
+    signer = ProfileSigner()
+    pairs = generate_self_signed(tmp_path / "tls", "mx.example.test")
+    assert signer.sign(b"<plist/>", None) is None
+    assert signer.sign(b"<plist/>", SimpleNamespace(source="self-signed", pairs=pairs)) is None
+    # The same files presented as certificates from a CA: signed, RSA preferred.
+    signed = signer.sign(b"<plist/>", SimpleNamespace(source="files", pairs=list(pairs)))
+    assert signed is not None and b"<plist/>" in signed
+    (cert,) = pkcs7.load_der_pkcs7_certificates(signed)
+    rsa_pair = next(p for p in pairs if "rsa" in p.cert.name)
+    assert cert == x509.load_pem_x509_certificate(rsa_pair.cert.read_bytes())
+    # A key that cannot be read leaves the profile unsigned rather than failing.
+    broken = [CertificatePair(pairs[0].cert, tmp_path / "missing.key")]
+    assert ProfileSigner().sign(b"<plist/>", SimpleNamespace(source="files", pairs=broken)) \
+        is None

@@ -211,6 +211,8 @@ class Server:
         # Prometheus metrics of this server (GET /metrics on the HTTP(S) listeners).
         self.metrics = ServerMetrics()
         self.web_services["metrics"] = self.metrics
+        # The certificates in use (replaced on reload), e.g. to sign Apple profiles.
+        self.web_services["tls"] = lambda: self.tls
         # ACME certificates (mailkeep.acme.manager), renewed in the background.
         self.certificates: Any = None
 

@@ -31,9 +31,11 @@ is the address itself. An address of another domain gets a 404 (autodiscover: it
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import logging
+import os
 import plistlib
 import re
 import uuid
@@ -41,10 +43,15 @@ import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import defusedxml.ElementTree as SafeET
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
 from defusedxml import DefusedXmlException
 
 from mailkeep.config import Config
@@ -508,6 +515,55 @@ async def outlook_autodiscover(request: web.Request) -> web.Response:
     return web.Response(body=answer, content_type="text/xml", charset="utf-8")
 
 
+class ProfileSigner:
+    """Signs profiles with the server's certificate: a CMS SignedData (RFC 5652) holding
+    the plist, which iOS and macOS show as "Verified" with the signer's name when the
+    certificate chains to a CA they trust (Apple's "Configuration Profile Reference",
+    signing). Self-signed certificates would only add a warning, so their profiles stay
+    unsigned. The signer's key and chain are re-read when the certificate files change
+    (renewals)."""
+
+    def __init__(self) -> None:
+        self._loaded: tuple[tuple[Any, ...], Any, list[Any]] | None = None
+
+    def sign(self, body: bytes, tls: Any) -> bytes | None:
+        """``body`` signed with the current certificate of ``tls`` (a TLSManager), or None
+        (no usable certificate: self-signed, unreadable, or an unsupported key)."""
+        from mailkeep.servers.tls import SOURCE_SELF_SIGNED
+
+        if tls is None or getattr(tls, "source", SOURCE_SELF_SIGNED) == SOURCE_SELF_SIGNED:
+            return None
+        pairs = tls.pairs
+        # RSA first: every Apple release verifies it; ECDSA otherwise.
+        pairs.sort(key=lambda pair: 0 if "rsa" in str(pair.cert).lower() else 1)
+        try:
+            stamp = tuple((str(p.cert), os.stat(p.cert).st_mtime_ns, str(p.key),
+                           os.stat(p.key).st_mtime_ns) for p in pairs)
+            if self._loaded is None or self._loaded[0] != stamp:
+                self._loaded = (stamp, *self._load(pairs))
+            _stamp, key, chain = self._loaded
+            builder = (pkcs7.PKCS7SignatureBuilder().set_data(body)
+                       .add_signer(chain[0], key, hashes.SHA256()))
+            for extra in chain[1:]:
+                builder = builder.add_certificate(extra)
+            return builder.sign(serialization.Encoding.DER, [])
+        except (OSError, ValueError, TypeError) as exc:
+            log(logger, "profile left unsigned", logging.WARNING, error=str(exc))
+            return None
+
+    @staticmethod
+    def _load(pairs: list[Any]) -> tuple[Any, list[Any]]:
+        for pair in pairs:
+            key = serialization.load_pem_private_key(Path(pair.key).read_bytes(), None)
+            if isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+                chain = x509.load_pem_x509_certificates(Path(pair.cert).read_bytes())
+                return key, chain
+        raise ValueError("no RSA or ECDSA certificate to sign with")
+
+
+_signer = ProfileSigner()
+
+
 async def apple_mobileconfig(request: web.Request) -> web.Response:
     config = _context_config(request)
     try:
@@ -515,6 +571,11 @@ async def apple_mobileconfig(request: web.Request) -> web.Response:
     except NotOurs:
         raise web.HTTPNotFound(text="No profile for this address.\n") from None
     body = apple_profile(_settings_or_404(config, "apple"), address)
+    from mailkeep.web.server import context_of
+
+    tls_of = context_of(request).services.get("tls")
+    signed = await asyncio.to_thread(_signer.sign, body, tls_of() if tls_of else None)
+    body = signed or body
     domain = address.rpartition("@")[2]
     log(logger, "autoconfig served", logging.DEBUG, format="apple", domain=domain)
     return web.Response(body=body, content_type=APPLE_PROFILE_TYPE, headers={
