@@ -243,10 +243,22 @@ async def test_tls_alpn_01_challenge_is_answered_for_its_name_only(ca, cert, cli
         sslobj = writer.get_extra_info("ssl_object")
         assert sslobj.selected_alpn_protocol() == "acme-tls/1"
         assert sslobj.getpeercert(binary_form=True) == challenge.cert_der
+        # Nothing is served over the challenge certificate: the connection is closed.
+        assert await asyncio.wait_for(_reader.read(1), TIMEOUT) == b""
         writer.close()
         # Any other name gets the server's certificate.
         assert (await peer_certificate(port, client_tls)).serial_number == \
             x509.load_der_x509_certificate(cert.cert_der).serial_number
+        # A browser that asks for the pending name meanwhile (no acme-tls/1) gets no
+        # HTTP over the challenge certificate either.
+        browser = ssl.create_default_context(cafile=str(ca.ca_file))
+        browser.set_alpn_protocols(["http/1.1"])
+        with contextlib.suppress(ssl.SSLError, ConnectionError):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=browser, server_hostname="acme.example.test")
+            writer.write(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert await asyncio.wait_for(reader.read(100), TIMEOUT) == b""
+            writer.close()
 
 
 # -- refusals before TLS ------------------------------------------------------------------------
@@ -432,3 +444,49 @@ async def test_a_request_never_completed_is_closed_and_frees_its_place(monkeypat
         assert data == b""
         writer.close()
         assert listener.counts.total == 0
+
+
+async def test_server_header_names_no_program_version():
+    async with serving(config_of()) as (_listener, port):
+        for path in ("/.well-known/mta-sts.txt", "/nothing-here"):
+            _status, headers, _body = await fetch(port, path, host="mta-sts.example.test")
+            assert headers["Server"] == "Mailkeep"
+
+
+async def test_ipv6_clients_are_counted_per_64(monkeypatch):
+    from mailkeep.web.server import _Counted
+
+    class Transport:
+        def __init__(self, ip: str) -> None:
+            self.ip, self.closed = ip, False
+
+        def get_extra_info(self, name: str):
+            return (self.ip, 4711, 0, 0) if name == "peername" else None
+
+        def close(self) -> None:
+            self.closed = True
+
+    monkeypatch.setattr(web_server, "MAX_CONNECTIONS_PER_IP", 2)
+    listener = WebListener("http:test", WebContext(config=config_of()))
+    listener.handler_factory = lambda: type("Inner", (), {
+        "connection_made": lambda self, t: None, "connection_lost": lambda self, e: None})()
+    transports = [Transport(f"2001:db8:1:2::{n:x}") for n in range(1, 4)]
+    for transport in transports:
+        _Counted(listener).connection_made(transport)
+    # Three addresses of one /64 are one client: the third is over its limit of two.
+    assert [t.closed for t in transports] == [False, False, True]
+    other = Transport("2001:db8:1:3::1")
+    _Counted(listener).connection_made(other)
+    assert not other.closed
+
+
+async def test_a_request_body_that_never_arrives_gets_408(monkeypatch):
+    monkeypatch.setattr(web_server, "BODY_TIMEOUT", 0.3)
+    async with serving(config_of()) as (listener, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 1000\r\n\r\n<Autodiscover")
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(200), TIMEOUT)
+        assert answer.startswith(b"HTTP/1.1 408")
+        writer.close()

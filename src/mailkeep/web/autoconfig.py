@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import ipaddress
 import logging
 import os
 import plistlib
 import re
+import threading
 import uuid
 import xml.etree.ElementTree as ET
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,7 +496,15 @@ async def outlook_autodiscover(request: web.Request) -> web.Response:
     config = _context_config(request)
     if (request.content_length or 0) > MAX_AUTODISCOVER_REQUEST:
         raise web.HTTPRequestEntityTooLarge(MAX_AUTODISCOVER_REQUEST, request.content_length or 0)
-    body = await request.read()  # bounded by the application's client_max_size
+    from mailkeep.web.server import BODY_TIMEOUT
+
+    try:
+        # Bounded by the application's client_max_size, and in time: a body trickled in
+        # a byte at a time would hold a connection slot.
+        async with asyncio.timeout(BODY_TIMEOUT):
+            body = await request.read()
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="The request body took too long.\n") from None
     if len(body) > MAX_AUTODISCOVER_REQUEST:
         raise web.HTTPRequestEntityTooLarge(MAX_AUTODISCOVER_REQUEST, len(body))
     try:
@@ -523,8 +534,14 @@ class ProfileSigner:
     unsigned. The signer's key and chain are re-read when the certificate files change
     (renewals)."""
 
+    #: Signed profiles kept (by certificate and profile): signing costs a private-key
+    #: operation, and a profile only changes with the config or the certificate.
+    CACHE_SIZE = 1024
+
     def __init__(self) -> None:
         self._loaded: tuple[tuple[Any, ...], Any, list[Any]] | None = None
+        self._cache: OrderedDict[tuple[tuple[Any, ...], bytes], bytes] = OrderedDict()
+        self._lock = threading.Lock()
 
     def sign(self, body: bytes, tls: Any) -> bytes | None:
         """``body`` signed with the current certificate of ``tls`` (a TLSManager), or None
@@ -539,14 +556,24 @@ class ProfileSigner:
         try:
             stamp = tuple((str(p.cert), os.stat(p.cert).st_mtime_ns, str(p.key),
                            os.stat(p.key).st_mtime_ns) for p in pairs)
-            if self._loaded is None or self._loaded[0] != stamp:
-                self._loaded = (stamp, *self._load(pairs))
-            _stamp, key, chain = self._loaded
+            cache_key = (stamp, hashlib.sha256(body).digest())
+            with self._lock:
+                if cache_key in self._cache:
+                    self._cache.move_to_end(cache_key)
+                    return self._cache[cache_key]
+                if self._loaded is None or self._loaded[0] != stamp:
+                    self._loaded = (stamp, *self._load(pairs))
+                _stamp, key, chain = self._loaded
             builder = (pkcs7.PKCS7SignatureBuilder().set_data(body)
                        .add_signer(chain[0], key, hashes.SHA256()))
             for extra in chain[1:]:
                 builder = builder.add_certificate(extra)
-            return builder.sign(serialization.Encoding.DER, [])
+            signed = builder.sign(serialization.Encoding.DER, [])
+            with self._lock:
+                self._cache[cache_key] = signed
+                while len(self._cache) > self.CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            return signed
         except (OSError, ValueError, TypeError) as exc:
             log(logger, "profile left unsigned", logging.WARNING, error=str(exc))
             return None

@@ -31,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mailkeep.bans import BanList
+from mailkeep.bans import BanList, client_key
 from mailkeep.config import Config
 from mailkeep.logfmt import log
 from mailkeep.servers.listener import ConnectionCounts
@@ -49,9 +49,16 @@ ROUTE_MODULES: list[str] = [
 
 MAX_BODY = 64 * 1024
 MAX_CONNECTIONS = 1000
+#: Per client: an IPv4 address, or an IPv6 /64 (mailkeep.bans.client_key).
 MAX_CONNECTIONS_PER_IP = 50
+#: New connections per client per minute (loopback and [auth] ban_allow exempt).
+MAX_CONNECTION_RATE_PER_IP = 300
+#: How long a request body may take to arrive (a slow POST holds a connection slot).
+BODY_TIMEOUT = 10.0
 KEEPALIVE_TIMEOUT = 15.0
 HANDSHAKE_TIMEOUT = 10.0
+#: Set on a handshake's SSL object when it was answered with an ACME challenge context.
+CHALLENGE_MARK = "_mailkeep_acme_challenge"
 #: The application key under which a listener keeps itself (for :func:`context_of`).
 LISTENER_KEY: web.AppKey[WebListener] = web.AppKey("mailkeep.listener")
 
@@ -119,6 +126,8 @@ async def _security_headers(request: web.Request, handler: Callable) -> web.Stre
 
 
 def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # No program or version for scanners to match against (aiohttp would add its own).
+    response.headers["Server"] = "Mailkeep"
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Cache-Control", "no-store")
     if context_of(request).implicit_tls:
@@ -149,13 +158,16 @@ class _Counted(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self.listener
         peer = transport.get_extra_info("peername")
-        self.ip = peer[0] if isinstance(peer, tuple) else "local"
+        address = peer[0] if isinstance(peer, tuple) else "local"
         bans = listener.bans
-        if bans is not None and bans.is_banned(self.ip) is not None:
+        if bans is not None and bans.is_banned(address) is not None:
             transport.close()
-            bans.note_refusal(self.ip, listener.name)
+            bans.note_refusal(address, listener.name)
             return
-        refused = listener.counts.admit(self.ip, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP)
+        # Counted per client key, so one IPv6 /64 cannot fill the table with addresses.
+        self.ip = client_key(address) or address
+        refused = listener.counts.admit(self.ip, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
+                                        MAX_CONNECTION_RATE_PER_IP)
         if refused is not None:
             log(logger, "connection refused", logging.WARNING, client=self.ip,
                 limit=refused, listener=listener.name)
@@ -185,6 +197,13 @@ class _Counted(asyncio.Protocol):
                 listener=self.listener.name, error=str(exc) or type(exc).__name__)
             return
         self.handshake = None
+        ssl_object = secured.get_extra_info("ssl_object")
+        if getattr(ssl_object, CHALLENGE_MARK, False):
+            # An ACME TLS-ALPN-01 handshake (RFC 8737 §3): the validator only looks at the
+            # certificate. Nothing is served over the challenge certificate, also not to a
+            # browser that happened to ask for that name meanwhile.
+            secured.close()
+            return
         self._serve(secured)
 
     def _serve(self, transport: asyncio.BaseTransport) -> None:
@@ -239,6 +258,7 @@ class WebListener:
 
     def enforce_bans(self, bans: BanList | None, refusal: Callable[[], bytes]) -> None:
         self.bans = bans
+        self.counts.bans = bans  # its allow-list is exempt from the connection rate
 
     def _front_context(self) -> ssl.SSLContext:
         """The context every handshake starts with: it only hands the handshake, at the
@@ -249,9 +269,12 @@ class WebListener:
         front.minimum_version = ssl.TLSVersion.TLSv1_2
 
         def pick(sslobj: Any, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-            chosen = self.context.tls_context_for(server_name)
+            context = self.context
+            chosen = context.tls_context_for(server_name)
             if chosen is not None:
                 sslobj.context = chosen
+                if context.tls is None or chosen is not context.tls.context:
+                    setattr(sslobj, CHALLENGE_MARK, True)
             return None
 
         front.sni_callback = pick
