@@ -482,7 +482,7 @@ async def test_ipv6_clients_are_counted_per_64(monkeypatch):
 
 async def test_a_request_body_that_never_arrives_gets_408(monkeypatch):
     monkeypatch.setattr(web_server, "BODY_TIMEOUT", 0.3)
-    async with serving(config_of()) as (listener, port):
+    async with serving(config_of()) as (_listener, port):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: 1000\r\n\r\n<Autodiscover")
