@@ -516,3 +516,79 @@ def test_without_syncfs_every_file_and_directory_is_fsynced(source, tmp_path, mo
     target = tmp_path / "restored"
     restore_backup(path, target)
     assert store_state(target) == store_state(data_dir)
+
+
+# -- hostile backups: modes and symbolic links (security review) -------------------------------
+
+
+def test_restore_masks_the_modes_a_manifest_records(source, tmp_path):
+    """A manifest is data: setuid/setgid, sticky and world-writable modes in it are never
+    applied; files at most 0640, directories 0750 (the queue's own 0711/1733 kept), the
+    configuration 0640."""
+    data_dir, config = source
+    path = create_backup(data_dir, tmp_path / "backups", config_path=config).path
+    manifest = path / "manifest.json"
+    body = json.loads(manifest.read_text())
+    for entry in body["files"]:
+        entry["mode"] = 0o6777
+    for entry in body["dirs"]:
+        entry["mode"] = 0o7777
+    manifest.write_text(json.dumps(body))
+    target = tmp_path / "new" / "data"
+    restore_backup(path, target, config_out=tmp_path / "new" / "mk.toml")
+
+    def mode(p: Path) -> int:
+        return stat.S_IMODE(p.stat().st_mode)
+
+    assert mode(target) == 0o750
+    assert mode(target / "dkim") == 0o750
+    assert mode(target / "passwd") == 0o640
+    assert mode(target / "store" / "mailkeep.sqlite3") == 0o640
+    assert mode(target / "queue") == 0o751
+    assert mode(target / "queue" / "maildrop") == 0o1733
+    assert mode(tmp_path / "new" / "mk.toml") == 0o640
+    for p in [target, *target.rglob("*")]:
+        if p.is_file():
+            assert mode(p) & ~0o640 == 0, p
+        elif p.is_dir() and p != target / "queue" / "maildrop":
+            assert mode(p) & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX | 0o022) == 0, p
+
+
+def test_a_backup_records_no_mode_restore_would_refuse(source, tmp_path):
+    data_dir, config = source
+    os.chmod(data_dir / "passwd", 0o4777)
+    os.chmod(data_dir / "dkim", 0o2777)
+    os.chmod(config, 0o666)
+    body = json.loads((create_backup(data_dir, tmp_path / "backups", config_path=config).path
+                       / "manifest.json").read_text())
+    files = {f["path"]: f["mode"] for f in body["files"]}
+    dirs = {d["path"]: d["mode"] for d in body["dirs"]}
+    assert files["data/passwd"] == 0o640
+    assert files["config/mailkeep.toml"] == 0o640
+    assert dirs["data/dkim"] == 0o750
+    assert dirs["data/queue/maildrop"] == 0o1733
+
+
+def test_a_symbolic_link_inside_a_backup_is_never_followed(source, tmp_path):
+    """A directory of the backup replaced by a link to elsewhere: verify and restore refuse
+    it instead of reading (and reporting the size of) files outside the backup."""
+    data_dir, config = source
+    path = create_backup(data_dir, tmp_path / "backups", config_path=config).path
+    outside = tmp_path / "outside"
+    (path / "data" / "dkim").rename(outside)  # same bytes: only the link is wrong
+    (path / "data" / "dkim").symlink_to(outside)
+    with pytest.raises(CorruptBackup, match="symbolic link"):
+        verify_backup(path)
+    target = tmp_path / "new" / "data"
+    with pytest.raises(CorruptBackup, match="symbolic link"):
+        restore_backup(path, target)
+    assert not target.exists()
+    # The configuration file too (read for --config-out before anything is restored).
+    (path / "data" / "dkim").unlink()
+    outside.rename(path / "data" / "dkim")
+    verify_backup(path)
+    (path / "config").rename(tmp_path / "config-elsewhere")
+    (path / "config").symlink_to(tmp_path / "config-elsewhere")
+    with pytest.raises(CorruptBackup, match="symbolic link"):
+        restore_backup(path, target, config_out=tmp_path / "new" / "mk.toml")
+    assert not (tmp_path / "new" / "mk.toml").exists()

@@ -97,6 +97,18 @@ _SIDECARS = ("-wal", "-shm", "-journal")
 _NAME_FORMAT = "mailkeep-%Y%m%dT%H%M%SZ"
 _BACKUP_NAME = re.compile(r"^mailkeep-\d{8}T\d{6}Z(?:-\d+)?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: The most permission a file, a directory and the configuration file get from a backup:
+#: a manifest is data (a backup may come from anywhere, and restore runs as root), so a
+#: recorded mode is masked, never applied as is. The server itself makes its files 0600 and
+#: its directories 0700 (store/files.py), the data directory 0750 and the configuration
+#: 0640 (quickstart.py). Never setuid or setgid, nor writable by group or others, except:
+MAX_FILE_MODE = 0o640
+MAX_DIR_MODE = 0o750
+MAX_CONFIG_MODE = 0o640
+#: the two directories local users reach, as the queue makes them: queue/ 0711
+#: (queue/store.py QUEUE_DIR_MODE) and the drop box queue/maildrop/ 1733, sticky
+#: (queue/maildrop.py MAILDROP_MODE).
+_DIR_MODE_LIMITS = {"data/queue": MAX_DIR_MODE | 0o711, "data/queue/maildrop": 0o1733}
 
 #: What a file of a backup is (FileEntry.kind).
 KINDS = ("database", "message", "queued", "file", "config")
@@ -273,6 +285,12 @@ class Manifest:
         return manifest
 
 
+def _dir_mode(path: str, mode: int) -> int:
+    """The mode a directory of a backup (``path`` as in the manifest) records and restores
+    with: ``mode`` masked (MAX_DIR_MODE, _DIR_MODE_LIMITS)."""
+    return stat.S_IMODE(mode) & _DIR_MODE_LIMITS.get(path, MAX_DIR_MODE)
+
+
 def _fields(value: Any, kind: type) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TypeError(f"{kind.__name__} entry is not an object")
@@ -422,7 +440,11 @@ def _copy_fd(src: int, dst_path: Path, progress: ProgressLike, *, limit: int | N
 
 
 def _hash_file(path: Path) -> tuple[int, str]:
-    fd = _open_source(path)
+    return _hash_fd(_open_source(path))
+
+
+def _hash_fd(fd: int) -> tuple[int, str]:
+    """(size, SHA-256) of what ``fd`` reads; closes it."""
     try:
         digest = hashlib.sha256()
         size = 0
@@ -610,7 +632,8 @@ class _Writer:
         target = self.staging / DATA / rel if rel else self.staging / DATA
         target.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.made_dirs.append(target)
-        self.dirs.append(DirEntry(f"{DATA}/{rel}" if rel else DATA, stat.S_IMODE(mode)))
+        path = f"{DATA}/{rel}" if rel else DATA
+        self.dirs.append(DirEntry(path, _dir_mode(path, mode)))  # as restore will apply it
 
     def database(self, rel: str) -> Path:
         target = self.staging / DATA / rel
@@ -621,8 +644,8 @@ class _Writer:
         if self.sync_each:
             _fsync_file(target)
         mode = (self.data_dir / rel).stat().st_mode
-        self.files.append(FileEntry(f"{DATA}/{rel}", size, digest, stat.S_IMODE(mode),
-                                    "database"))
+        self.files.append(FileEntry(f"{DATA}/{rel}", size, digest,
+                                    stat.S_IMODE(mode) & MAX_FILE_MODE, "database"))
         self.progress.update(size)
         return target
 
@@ -652,7 +675,10 @@ class _Writer:
             actual = f"{size}" if size < expected_size else f"more than {expected_size}"
             raise BackupError(f"{src_path} has {actual} bytes where the database says "
                               f"{expected_size}: it was changed or damaged outside Mailkeep")
-        self.files.append(FileEntry(f"{prefix}/{rel}", size, digest, stat.S_IMODE(mode), kind))
+        # Recorded as restore will apply it (MAX_FILE_MODE, MAX_CONFIG_MODE).
+        limit = MAX_CONFIG_MODE if kind == "config" else MAX_FILE_MODE
+        self.files.append(FileEntry(f"{prefix}/{rel}", size, digest, stat.S_IMODE(mode) & limit,
+                                    kind))
         return True
 
 
@@ -937,25 +963,41 @@ def verify_backup(backup: Path, *, progress: ProgressLike | None = None) -> Mani
     manifest = read_manifest(backup)
     progress.set_total(manifest.total_bytes)
     problems = []
-    for entry in manifest.files:
-        path = backup / entry.path
-        try:
-            size, digest = _hash_file(path)
-        except FileNotFoundError:
-            problems.append(f"{entry.path} is missing")
-            continue
-        except OSError as exc:
-            problems.append(f"{entry.path} cannot be read ({exc.strerror or exc})")
-            continue
-        finally:
-            progress.update(entry.size)
-        if size != entry.size:
-            problems.append(f"{entry.path} has {size} bytes, not {entry.size}")
-        elif digest != entry.sha256:
-            problems.append(f"{entry.path} does not match its checksum")
+    # Every component is opened without following a symbolic link (_SourceTree): a link
+    # inside a backup, even as a directory in the middle of a path, is refused, so that
+    # verify and restore never read (or report the size of) a file outside the backup.
+    tree = _SourceTree(backup)
+    try:
+        for entry in manifest.files:
+            try:
+                size, digest = _hash_fd(tree.open(entry.path))
+            except FileNotFoundError:
+                problems.append(f"{entry.path} is missing")
+                continue
+            except OSError as exc:
+                problems.append(f"{entry.path} cannot be read ({_open_problem(exc)})")
+                continue
+            finally:
+                progress.update(entry.size)
+            if size != entry.size:
+                problems.append(f"{entry.path} has {size} bytes, not {entry.size}")
+            elif digest != entry.sha256:
+                problems.append(f"{entry.path} does not match its checksum")
+    finally:
+        tree.close()
     if problems:
         raise CorruptBackup(backup, problems)
     return manifest
+
+
+def _open_problem(exc: OSError) -> str:
+    """Why a file of a backup cannot be opened; ELOOP/ENOTDIR from O_NOFOLLOW mean a
+    symbolic link somewhere on its path."""
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link is on its path; backups hold none"
+    if exc.errno == errno.ENOTDIR:
+        return "a symbolic link or a file is on its path where a directory should be"
+    return exc.strerror or str(exc)
 
 
 # -- restore -------------------------------------------------------------------------------
@@ -995,7 +1037,7 @@ def restore_backup(backup: Path, target: Path, *, config_out: Path | None = None
         config_out = Path(os.path.abspath(config_out))
         if config_entry is None:
             raise BackupError(f"{backup} has no configuration file to write to {config_out}")
-        config_bytes = _read_verified(backup / config_entry.path, config_entry)
+        config_bytes = _read_verified(backup, config_entry)
         if config_out.exists():
             if config_out.read_bytes() != config_bytes:
                 raise BackupError(f"{config_out} exists and differs from the backed-up "
@@ -1025,7 +1067,9 @@ def restore_backup(backup: Path, target: Path, *, config_out: Path | None = None
             _sync_tree(staging, [Path(p) for p, _, _ in os.walk(staging)], files_synced=True)
         if config_out is not None and config_bytes is not None:
             assert config_entry is not None
-            atomic_write_bytes(config_out, config_bytes, mode=config_entry.mode)
+            # Masked: never more than MAX_CONFIG_MODE, whatever the manifest says.
+            atomic_write_bytes(config_out, config_bytes,
+                               mode=config_entry.mode & MAX_CONFIG_MODE)
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -1059,12 +1103,19 @@ def _check_target(target: Path) -> None:
                           f"{target / 'mailkeep'}) and set data_dir to that")
 
 
-def _read_verified(path: Path, entry: FileEntry) -> bytes:
-    fd = _open_source(path)
+def _read_verified(backup: Path, entry: FileEntry) -> bytes:
+    tree = _SourceTree(backup)  # no symbolic link anywhere on the path
+    try:
+        fd = tree.open(entry.path)
+    except OSError as exc:
+        raise CorruptBackup(backup, [f"{entry.path} cannot be read ({_open_problem(exc)})"]
+                            ) from None
+    finally:
+        tree.close()
     with os.fdopen(fd, "rb") as f:
         data = f.read(entry.size + 1)
     if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise CorruptBackup(path.parent, [f"{entry.path} changed since it was verified"])
+        raise CorruptBackup(backup, [f"{entry.path} changed since it was verified"])
     return data
 
 
@@ -1074,28 +1125,35 @@ def _copy_back(backup: Path, manifest: Manifest, staging: Path, progress: Progre
     for d in sorted(manifest.dirs, key=lambda d: d.path.count("/")):
         path = staging if d.path == DATA else staging / d.path.removeprefix(f"{DATA}/")
         path.mkdir(mode=0o700, exist_ok=True)
-    for entry in manifest.files:
-        if entry.kind == "config":
-            continue
-        rel = entry.path.removeprefix(f"{DATA}/")
-        target = staging / rel
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        try:
-            fd = _open_source(backup / entry.path)
-        except OSError as exc:
-            raise CorruptBackup(backup, [f"{entry.path} cannot be read ({exc})"]) from None
-        try:
-            size, digest = _copy_fd(fd, target, progress, limit=entry.size, sync=sync_each)
-        finally:
-            os.close(fd)
-        if size != entry.size or digest != entry.sha256:
-            raise CorruptBackup(backup, [f"{entry.path} changed since it was verified"])
-        os.chmod(target, entry.mode)
+    tree = _SourceTree(backup)  # no symbolic link anywhere on a path (see verify_backup)
+    try:
+        for entry in manifest.files:
+            if entry.kind == "config":
+                continue
+            rel = entry.path.removeprefix(f"{DATA}/")
+            target = staging / rel
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                fd = tree.open(entry.path)
+            except OSError as exc:
+                raise CorruptBackup(backup, [f"{entry.path} cannot be read "
+                                             f"({_open_problem(exc)})"]) from None
+            try:
+                size, digest = _copy_fd(fd, target, progress, limit=entry.size,
+                                        sync=sync_each)
+            finally:
+                os.close(fd)
+            if size != entry.size or digest != entry.sha256:
+                raise CorruptBackup(backup, [f"{entry.path} changed since it was verified"])
+            # Masked: a manifest's mode is data; never setuid/setgid or writable by others.
+            os.chmod(target, entry.mode & MAX_FILE_MODE)
+    finally:
+        tree.close()
     # Modes last, deepest first: a directory without write permission for us (none of
-    # Mailkeep's) must not stop its own contents from being created.
+    # Mailkeep's) must not stop its own contents from being created. Masked like files.
     for d in sorted(manifest.dirs, key=lambda d: d.path.count("/"), reverse=True):
         path = staging if d.path == DATA else staging / d.path.removeprefix(f"{DATA}/")
-        os.chmod(path, d.mode)
+        os.chmod(path, _dir_mode(d.path, d.mode))
 
 
 def _renew_uidvalidity(db: Path) -> None:

@@ -48,7 +48,7 @@ from mailkeep.config.schema import DEFAULT_DATA_DIR, Config, ConfigError
 from mailkeep.durable import atomic_write_bytes, atomic_write_text
 from mailkeep.logfmt import log
 from mailkeep.migrate.plan import POLICY_TABLE_DIR, Plan, PlannedAccount
-from mailkeep.migrate.sources import MigrateError
+from mailkeep.migrate.sources import MigrateError, SourceTree
 from mailkeep.progress import Progress
 from mailkeep.store.maildir import import_maildir
 
@@ -56,6 +56,9 @@ logger = logging.getLogger("mailkeep.migrate")
 
 STATE_FILE = "migrate-state.json"
 SECRET_FILE_MODE = 0o600
+#: The copies of the old server's policy tables: they may list private addresses, and the
+#: original's mode (0644 for a copy of /etc/shadow...) is never carried over.
+TABLE_FILE_MODE = 0o640
 CONFIG_FILE_MODE = 0o644
 #: Sections whose keys are names (compared in canonical form when merging).
 _ADDRESS_TABLES = frozenset({"accounts", "aliases"})
@@ -180,10 +183,9 @@ def prepare(plan: Plan, options: ApplyOptions) -> Prepared:
             prepared.secret = (secret_path, content)
     for source, name in plan.policy_tables.items():
         destination = config_dir / POLICY_TABLE_DIR / name
-        try:
-            content = source.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            raise MigrateError(f"cannot read the table {source}: {exc.strerror}") from None
+        # Size-limited, as every file of the old server (sources.py); ``source`` was
+        # resolved and confined to --root when the plan was made.
+        content = SourceTree().read_text(source, what="the table")
         if _differs(destination, content, conflicts, options.force,
                     f"{destination}: differs from {source}"):
             prepared.tables.append((destination, content))
@@ -376,7 +378,8 @@ def apply(plan: Plan, prepared: Prepared, options: ApplyOptions,
         say(f"wrote the relay password to {path} (mode 0600)")
     for destination, content in prepared.tables:
         destination.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"))
+        atomic_write_bytes(destination, content.encode("utf-8", "surrogateescape"),
+                           mode=TABLE_FILE_MODE)
     if prepared.tables:
         say(f"copied {len(prepared.tables)} Postfix table(s) to "
             f"{prepared.tables[0][0].parent}")

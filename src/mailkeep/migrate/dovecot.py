@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailkeep.auth.passwd_file import MAX_PASSWD_FILE_BYTES, PasswdEntry, parse_passwd_text
-from mailkeep.migrate.sources import MigrateError, SourceTree
+from mailkeep.migrate.sources import MigrateError, OutsideRoot, SourceTree
 from mailkeep.store import mutf7
 from mailkeep.store.api import INBOX, SEPARATOR, SPECIAL_USES
 from mailkeep.store.maildir import folder_to_mailbox
@@ -91,12 +91,17 @@ def _parse_file(path: Path, tree: SourceTree, stack: list[Section], seen: list[i
             command, _, argument = line.partition(" ")
             if command not in ("!include", "!include_try"):
                 raise MigrateError(f"{where}: unknown directive {command}")
-            pattern = str(tree.path(_unquote(argument.strip()), relative_to=path.parent))
-            matches = sorted(glob.glob(pattern))
-            if not matches and command == "!include":
-                raise MigrateError(f"{where}: !include {argument.strip()}: no such file")
-            for included in matches:
-                _parse_file(Path(included), tree, stack, seen, depth=depth + 1,
+            try:
+                pattern = str(tree.path(_unquote(argument.strip()), relative_to=path.parent))
+                matches = sorted(glob.glob(pattern))
+                if not matches and command == "!include":
+                    raise MigrateError(f"{where}: !include {argument.strip()}: no such file")
+                # A match may be a symbolic link: it must stay below --root too.
+                included_files = [tree.confine(Path(m)) for m in matches]
+            except OutsideRoot as exc:
+                raise MigrateError(f"{where}: {line}: {exc}") from None
+            for included in included_files:
+                _parse_file(included, tree, stack, seen, depth=depth + 1,
                             required=command == "!include")
             continue
         if line == "}":

@@ -70,7 +70,7 @@ from mailkeep.migrate.postfix import (
     read_table,
     split_list,
 )
-from mailkeep.migrate.sources import MigrateError, SourceTree
+from mailkeep.migrate.sources import MigrateError, OutsideRoot, SourceTree
 from mailkeep.policy.rules import RULES, Stage
 from mailkeep.policy.tables import TableError, load_table
 from mailkeep.store.api import DEFAULT_MAILBOXES
@@ -473,7 +473,11 @@ class _Planner:
                               "a passwd-file per domain or user (%d, %u) is not read; give "
                               "each file with --dovecot-passwd")
                 continue
-            path = self.tree.path(path_text, relative_to=self.dovecot.path.parent)
+            try:
+                path = self.tree.path(path_text, relative_to=self.dovecot.path.parent)
+            except OutsideRoot as exc:  # a passwd-file outside --root is never read
+                self.unmapped(f"{database.where}: args = {database.args}", str(exc))
+                continue
             if any(source.path == path for source in found):
                 continue
             found.append(PasswdSource(path, options.get("scheme", "CRYPT"),
@@ -1159,7 +1163,13 @@ class _Planner:
             self.unmapped(f"{origin}: {name}", f"{kind}: tables cannot be used by Mailkeep's "
                           "policy; export them into a text table (texthash:, pcre:)")
             return
-        source = self.postfix.path(path_text)
+        try:
+            # Resolved and confined to --root: apply copies this file into the new
+            # configuration directory, so it must be a file of the old server.
+            source = self.postfix.path(path_text)
+        except OutsideRoot as exc:
+            self.unmapped(f"{origin}: {name}", f"the table is not copied: {exc}")
+            return
         option = " bare_keys=REJECT" if bare_keys else ""
         try:
             load_table(f"{kind}:{source}", purpose=purpose,  # type: ignore[arg-type]
@@ -1578,7 +1588,8 @@ class _Planner:
             value = self.mailbox_map_values.get(address, "")
             if not value.endswith("/"):
                 return None  # virtual(8) mbox files are not read
-            candidates = [self.tree.path(base).joinpath(value)]
+            # The map's value may hold "..": the Maildir must stay below --root too.
+            candidates = [self.tree.confine(self.tree.path(base).joinpath(value))]
         for candidate in candidates:
             root_dir = find_maildir(candidate)
             if root_dir is None:

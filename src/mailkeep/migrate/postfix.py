@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mailkeep.migrate.sources import MigrateError, SourceTree
+from mailkeep.migrate.sources import MigrateError, OutsideRoot, SourceTree
 from mailkeep.policy.tables import (
     PatternError,
     TableError,
@@ -473,14 +473,14 @@ def read_table(name: str, config: PostfixConfig) -> LookupTable:
     if kind == "inline":
         return _inline_table(name, rest)
     if kind in _LITERAL_TYPES:
-        path = config.path(rest)
+        path = _table_path(config, name, rest)
         if not path.exists() and path.with_name(path.name + ".db").exists():
             raise UnreadableTable(f"{name}: only the compiled {path}.db is there; on the old "
                                   f"server run 'postmap -s {name} > {path}' and migrate again")
         entries = _literal_entries(_read(config, path, name), str(path))
         return LookupTable(name, "literal", str(path), entries=tuple(entries))
     if kind in ("pcre", "regexp"):
-        path = config.path(rest)
+        path = _table_path(config, name, rest)
         text = _read(config, path, name)
         rules, problems = _regex_entries(text, str(path), kind)
         return LookupTable(name, "regex", str(path), rules=tuple(rules),
@@ -488,6 +488,14 @@ def read_table(name: str, config: PostfixConfig) -> LookupTable:
     raise UnreadableTable(f"{name}: {kind}: tables are not read by the migration; export "
                           "the table into a text file (key value per line) and point main.cf "
                           "at texthash:FILE, or add the entries by hand afterwards")
+
+
+def _table_path(config: PostfixConfig, name: str, rest: str) -> Path:
+    """The file of a table, in the source tree; not one outside --root (sources.py)."""
+    try:
+        return config.path(rest)
+    except OutsideRoot as exc:
+        raise UnreadableTable(f"{name}: {exc}") from None
 
 
 def _read(config: PostfixConfig, path: Path, name: str) -> str:

@@ -5,6 +5,12 @@ one: ``/mnt/old/etc/postfix/main.cf`` names its tables as ``/etc/postfix/virtual
 ``SourceTree`` with ``root=/mnt/old`` turns every absolute path found in the old
 configuration into the path of the copy; without a root, paths are used as they are.
 
+With a root, a path from the old configuration must not lead out of it: the migration often
+runs as root, and the old tree may come from a compromised machine. Every mapped path is
+normalised and resolved (``..``, symbolic links), and one that ends outside the resolved
+root is refused with ``OutsideRoot`` (the plan reports it as not migrated). Without a root
+(migrating in place on the old host) the paths are the host's own and used as they are.
+
 Every file is read with a size limit, so a wrong argument (a mail spool given as a table)
 fails with a message instead of filling memory.
 """
@@ -23,6 +29,10 @@ class MigrateError(Exception):
     """The migration cannot go on; the message says what is wrong and what to do."""
 
 
+class OutsideRoot(MigrateError):
+    """A path of the old configuration leads out of ``--root`` (``..``, a symbolic link)."""
+
+
 @dataclass(frozen=True)
 class SourceTree:
     """Where the old server's files are. ``root`` None: the paths are used as written."""
@@ -33,14 +43,31 @@ class SourceTree:
         """The file a path in the old configuration names, in this tree.
 
         A relative path is taken relative to ``relative_to`` (already a path in the tree:
-        the directory of the file that names it).
+        the directory of the file that names it). Raises OutsideRoot if, with a root, the
+        path leads out of it (see the module text).
         """
         path = Path(written)
         if not path.is_absolute():
-            return (relative_to / path) if relative_to is not None else path
+            return self.confine((relative_to / path) if relative_to is not None else path)
         if self.root is None:
             return path
-        return self.root / path.relative_to(path.anchor)
+        # On the old host "/../etc" is "/etc": normalise before joining, so that ".." cannot
+        # climb above the root (Path keeps ".." as it is).
+        return self.confine(self.root / os.path.normpath(path).lstrip("/"))
+
+    def confine(self, path: Path) -> Path:
+        """``path`` resolved (``..`` and symbolic links, os.path.realpath) if it stays
+        inside the resolved root; OutsideRoot otherwise. Without a root: ``path`` as is.
+        The resolved path is returned, so that what is read later is what was checked."""
+        if self.root is None:
+            return path
+        root = os.path.realpath(self.root)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) != root:
+            raise OutsideRoot(f"{path} leads outside --root {self.root} (to {real}, through "
+                              "'..' or a symbolic link); it is not read. Copy the file itself "
+                              "into the tree if it is needed")
+        return Path(real)
 
     def read_text(self, path: Path, *, what: str,
                   limit: int = MAX_SOURCE_FILE_BYTES) -> str:
