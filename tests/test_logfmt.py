@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from pathlib import Path
 
 import pytest
+from tests.support.logs import reset_logging, wait_for_text
 
 from mailkeep import logfmt
 from mailkeep.logfmt import LineWriter, log, setup_logging
@@ -15,24 +14,8 @@ from mailkeep.logfmt import LineWriter, log, setup_logging
 
 @pytest.fixture
 def restore_logging():
-    """Leave the logger tree as the other tests expect it (no handler, propagating, so
-    pytest's caplog sees records)."""
     yield
-    logfmt.reset_logging()
-    for name in ("mailkeep", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
-
-
-def _wait_for(path: Path, text: str, timeout: float = 2.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        time.sleep(0.01)
-    raise AssertionError(f"{text!r} never reached {path}")
+    reset_logging()
 
 
 def test_buffered_lines_match_the_formatter_and_keep_their_order(tmp_path, restore_logging):
@@ -57,7 +40,7 @@ def test_info_lines_arrive_within_the_flush_interval(tmp_path, restore_logging):
     path = tmp_path / "server.log"
     setup_logging("logfmt", "info", str(path), buffered=True)
     log(logging.getLogger("mailkeep.smtp"), "message", id="X1")
-    _wait_for(path, "msg=message id=X1", timeout=logfmt.FLUSH_INTERVAL * 20)
+    wait_for_text(path, "msg=message id=X1", timeout=logfmt.FLUSH_INTERVAL * 20)
 
 
 def test_logrotate_moving_the_file_is_followed(tmp_path):

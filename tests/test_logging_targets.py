@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests.support.logs import reset_logging, wait_for_text
 
 from mailkeep import logfmt
 from mailkeep.cli.main import main as cli_main
@@ -25,23 +26,8 @@ RECEIVE_TIMEOUT = 5.0
 
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """Leave the logger tree as the other tests expect it."""
     yield
-    logfmt.reset_logging()
-    for name in ("mailkeep", "asyncio"):
-        logger = logging.getLogger(name)
-        logger.propagate = True
-        logger.setLevel(logging.NOTSET)
-
-
-def wait_for(path: Path, text: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        content = path.read_text() if path.exists() else ""
-        if text in content:
-            return content
-        time.sleep(0.01)
-    raise AssertionError(f"{text!r} never reached {path}")
+    reset_logging()
 
 
 class DatagramSink:
@@ -140,12 +126,12 @@ def test_each_subsystem_gets_its_own_file_in_dir(tmp_path):
         logging.getLogger("mailkeep.imap").exception("session failed", extra={"id": "S1"})
     imap = (directory / "imap.log").read_text()
     assert "msg=\"session failed\" id=S1" in imap and "RuntimeError: boom" in imap
-    smtp = wait_for(directory / "smtp.log", "msg=message")
+    smtp = wait_for_text(directory / "smtp.log", "msg=message")
     assert "subsystem=smtp msg=message id=AAA1 to=a@example.test" in smtp
-    assert "subsystem=queue msg=delivery" in wait_for(directory / "queue.log", "delivery")
+    assert "subsystem=queue msg=delivery" in wait_for_text(directory / "queue.log", "delivery")
     # A sub-logger writes to its subsystem's file, and says which part it is.
-    assert "subsystem=policy.clamd msg=clean" in wait_for(directory / "policy.log", "clean")
-    assert "subsystem=main msg=hello" in wait_for(directory / "main.log", "hello")
+    assert "subsystem=policy.clamd msg=clean" in wait_for_text(directory / "policy.log", "clean")
+    assert "subsystem=main msg=hello" in wait_for_text(directory / "main.log", "hello")
     assert "queue" not in smtp
     assert sorted(p.name for p in directory.iterdir()) == [
         "imap.log", "main.log", "policy.log", "queue.log", "smtp.log"]
@@ -161,7 +147,7 @@ def test_files_map_sends_chosen_subsystems_elsewhere_and_the_rest_to_file(tmp_pa
     log(logging.getLogger("mailkeep.smtp"), "message", id="B1")
     log(logging.getLogger("mailkeep.submission"), "submitted", id="B2")
     log(logging.getLogger("mailkeep.store"), "opened", logging.WARNING)
-    content = wait_for(mx_log, '"B2"')
+    content = wait_for_text(mx_log, '"B2"')
     docs = [parse_line_json(line) for line in content.splitlines()]
     assert [(d["subsystem"], d["msg"], d["id"]) for d in docs] == [
         ("smtp", "message", "B1"), ("submission", "submitted", "B2")]
@@ -402,7 +388,7 @@ def test_configure_applies_a_log_config(tmp_path):
     config = load_config(_config(tmp_path, 'dir = "logs"\nrotate_size = "64K"\n'))
     assert logfmt.configure(config.log) == "file"
     log(logging.getLogger("mailkeep.pop3"), "login", id="K1")
-    wait_for(tmp_path / "logs" / "pop3.log", "id=K1")
+    wait_for_text(tmp_path / "logs" / "pop3.log", "id=K1")
     assert logfmt.current_files() == [str(tmp_path / "logs" / "pop3.log")]
 
 

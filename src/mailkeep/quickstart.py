@@ -244,13 +244,9 @@ def _certificates(config: Config, opts: Options,
 def _obtain_acme(config: Config, http_address: str | None) -> tuple[bool, str]:
     from mailkeep.acme.manager import obtain_standalone
 
-    try:
-        result = asyncio.run(obtain_standalone(config, http_address=http_address))
-    except Exception as exc:  # any failure falls back to self-signed, with the reason
-        return False, str(exc) or type(exc).__name__
-    ok = bool(getattr(result, "ok", result))
-    return ok, str(getattr(result, "message", "") or
-                   ("certificates obtained" if ok else "no certificate"))
+    # It reports ACME and network failures in the result; it never raises for them.
+    result = asyncio.run(obtain_standalone(config, http_address=http_address))
+    return result.ok, result.message
 
 
 def _unit(opts: Options) -> Path | None:

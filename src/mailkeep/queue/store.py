@@ -918,28 +918,44 @@ class QueueStore:
 
     def _unlink_loop(self) -> None:
         while True:
-            queue_id = self._unlink_queue.get()
-            if queue_id is None:
+            # Everything waiting is removed under one hold of the pin: a burst of finished
+            # deliveries costs one lock, not three system calls per message.
+            batch = [self._unlink_queue.get()]
+            while batch[-1] is not None:
+                try:
+                    batch.append(self._unlink_queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = batch[-1] is None
+            ids = [queue_id for queue_id in batch if queue_id is not None]
+            if ids:
+                self._unlink_now(ids)
+            if stop:
                 return
-            self._unlink_now(queue_id)
 
-    def _unlink_now(self, queue_id: str) -> None:
-        pin = None
+    def _unlink_now(self, queue_ids: list[str]) -> None:
+        # Waits while a backup copies the queue; when closing, the files are left to the
+        # next recover() (their rows are gone).
         try:
-            # Waits while a backup copies the queue; when closing, the file is left to the
-            # next recover() (its row is gone).
             pin = _pin_exclusive(self.pin_path, keep_trying=lambda: not self._closed)
-            if pin is not None:
-                os.unlink(self.messages_dir / queue_id)
-        except FileNotFoundError:
-            pass
         except OSError as exc:
-            # The row is gone, so the next recover() removes the file.
-            log(logger, "cannot remove a finished message file", logging.WARNING,
-                id=queue_id, error=str(exc))
+            log(logger, "cannot remove finished message files", logging.WARNING,
+                ids=",".join(queue_ids), error=str(exc))
+            return
+        if pin is None:
+            return
+        try:
+            for queue_id in queue_ids:
+                try:
+                    os.unlink(self.messages_dir / queue_id)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    # The row is gone, so the next recover() removes the file.
+                    log(logger, "cannot remove a finished message file", logging.WARNING,
+                        id=queue_id, error=str(exc))
         finally:
-            if pin is not None:
-                os.close(pin)
+            os.close(pin)
 
     # -- administration ----------------------------------------------------------------
 
