@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from tests.support.procs import free_ports as support_free_ports
 
 from mailkeep.logfmt import FLUSH_INTERVAL
 
@@ -121,17 +122,9 @@ def free_port() -> int:
 
 
 def free_ports(count: int) -> list[int]:
-    """Distinct free ports: all sockets stay bound until every port is chosen."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Distinct free ports, never one handed out earlier in this test run (see
+    tests/support/procs.free_ports)."""
+    return support_free_ports(count)
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:

@@ -9,6 +9,7 @@ processes we started are ever signalled.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
@@ -67,15 +68,45 @@ def _excerpt(text: str | bytes | None) -> str:
     return text
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on ``host`` that nobody listens on right now.
+#: Ports this process has handed out lately. The kernel may give the same ephemeral port
+#: to two bind(0) calls once the first socket is closed, so two servers of one test (or a
+#: server and the extra listeners added to its config) could otherwise be told to use the
+#: same port. Bounded: the oldest are forgotten first.
+_HANDED_OUT: collections.deque[int] = collections.deque(maxlen=4096)
 
-    The kernel picks it; there is a small window in which another process could take it
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports on ``host`` that nobody listens on right now and that
+    this process has not handed out lately.
+
+    The kernel picks them; there is a small window in which another process could take one
     before our server binds, so callers that can detect a bind failure should retry.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        # Every socket stays bound until the end, so the kernel offers a new port each time.
+        for _attempt in range(count + 1000):
+            if len(ports) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port not in _HANDED_OUT:
+                ports.append(port)
+        else:
+            raise RuntimeError(f"no {count} free ports on {host}")
+    finally:
+        for sock in socks:
+            sock.close()
+    _HANDED_OUT.extend(ports)
+    return ports
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """One port, as ``free_ports``."""
+    return free_ports(1, host)[0]
 
 
 def port_is_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
