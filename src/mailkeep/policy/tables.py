@@ -1174,8 +1174,11 @@ def _check_exponential(items: list[tuple[object, object]], flags: _Flags,
                 _check_exponential(av[2].data, flags, inside_repeat)  # type: ignore[index]
 
 
-# A chain candidate: (degree, characters its loop can take, characters since it).
-_Candidate = tuple[int, int, int]
+# A chain candidate: (degree, characters its loop can take, for each mandatory item since
+# it the characters both it and the loop can take).
+_Candidate = tuple[int, int, tuple[int, ...]]
+#: Items remembered per candidate; forgetting one only makes the estimate higher (safer).
+_MAX_SEEN_ITEMS = 8
 
 
 @dataclass(slots=True)
@@ -1184,8 +1187,23 @@ class _Degree:
 
 
 def _absorb(state: list[_Candidate], chars: int) -> list[_Candidate]:
-    """A mandatory item: loops before it keep varying only if they could consume it too."""
-    return [(degree, loop, seen | chars) for degree, loop, seen in state if not chars & ~loop]
+    """A mandatory item: a loop before it keeps varying only if it could consume what the
+    item matches, i.e. if some character fits both (``[a-z]*[^;]`` on "aaaa": either may
+    take the last "a")."""
+    return [(degree, loop, _seen_with(seen, chars & loop))
+            for degree, loop, seen in state if chars & loop]
+
+
+def _seen_with(seen: tuple[int, ...], chars: int) -> tuple[int, ...]:
+    if chars in seen:
+        return seen
+    return (seen + (chars,))[-_MAX_SEEN_ITEMS:]
+
+
+def _can_trade(loop: int, chars: int, seen: tuple[int, ...]) -> bool:
+    """Whether a loop taking ``loop`` can trade characters with an earlier one taking
+    ``chars`` across the mandatory items between them: one string fits all three."""
+    return bool(chars & loop) and all(item & loop for item in seen)
 
 
 def _merge(*states: list[_Candidate]) -> list[_Candidate]:
@@ -1199,7 +1217,7 @@ def _chain(items: list[tuple[object, object]], state: list[_Candidate], flags: _
 
     Walking the sequence, every variable loop gets a degree: 1, plus the highest degree of
     an earlier loop that can trade characters with it, i.e. whose characters overlap its own
-    and which, like this loop, could have consumed everything in between. ``.*ama.*@``:
+    and where every mandatory item in between can match a character both loops can take. ``.*ama.*@``:
     the second ``.*`` can give back what the first takes, through "ama": degree 2.
     """
     for op, av in items:
@@ -1221,11 +1239,11 @@ def _chain(items: list[tuple[object, object]], state: list[_Candidate], flags: _
                 state = _merge(state, taken) if low == 0 else taken
                 continue
             loop = _chars_of(sub.data, flags)
-            own = 1 + max((d for d, chars, seen in state
-                           if chars & loop and not seen & ~loop), default=0)
+            own = 1 + max((d for d, chars, seen in state if _can_trade(loop, chars, seen)),
+                          default=0)
             degree.value = max(degree.value, own)
             survivors = state if low == 0 else _absorb(state, loop)
-            state = _merge(survivors, [(own, loop, 0)])
+            state = _merge(survivors, [(own, loop, ())])
         elif op in (_sre.ASSERT, _sre.ASSERT_NOT):
             # A lookaround runs at every point the search reaches; its own cost multiplies.
             reach = max((d for d, _c, _s in state), default=0)
@@ -1325,7 +1343,7 @@ def analyse_pattern(translation: Translation, context: MatchContext) -> PatternC
         multiline = bool((translation.flags | tree.state.flags) & re.MULTILINE)
         anchored = translation.anchored or _anchored_at_start(tree.data, multiline)
         degree = _Degree(0 if anchored else 1)
-        start: list[_Candidate] = [] if anchored else [(1, _ALL, 0)]
+        start: list[_Candidate] = [] if anchored else [(1, _ALL, ())]
         _chain(tree.data, start, flags, degree)
         literal = required_literal(tree.data)
     except RecursionError:
