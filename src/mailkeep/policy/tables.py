@@ -1197,7 +1197,7 @@ def _absorb(state: list[_Candidate], chars: int) -> list[_Candidate]:
 def _seen_with(seen: tuple[int, ...], chars: int) -> tuple[int, ...]:
     if chars in seen:
         return seen
-    return (seen + (chars,))[-_MAX_SEEN_ITEMS:]
+    return (*seen, chars)[-_MAX_SEEN_ITEMS:]
 
 
 def _can_trade(loop: int, chars: int, seen: tuple[int, ...]) -> bool:
