@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.support.procs import free_ports as support_free_ports
+from tests.support.procs import free_port, free_ports  # noqa: F401 (used by the tests)
 
 from mailkeep.logfmt import FLUSH_INTERVAL
 
@@ -115,16 +115,6 @@ relay_only = true
 "abuse@example.test" = "demo@example.test"
 "outside@example.test" = ["demo@example.test", "someone@elsewhere.test"]
 """
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct free ports, never one handed out earlier in this test run (see
-    tests/support/procs.free_ports)."""
-    return support_free_ports(count)
 
 
 def wait_for_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:

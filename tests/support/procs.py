@@ -86,17 +86,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     ports: list[int] = []
     try:
         # Every socket stays bound until the end, so the kernel offers a new port each time.
-        for _attempt in range(count + 1000):
-            if len(ports) == count:
-                break
+        while len(ports) < count:
+            if len(socks) >= count + 1000:
+                raise RuntimeError(f"no {count} free ports on {host}")
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(sock)
             sock.bind((host, 0))
             port = int(sock.getsockname()[1])
             if port not in _HANDED_OUT:
                 ports.append(port)
-        else:
-            raise RuntimeError(f"no {count} free ports on {host}")
     finally:
         for sock in socks:
             sock.close()

@@ -1217,8 +1217,9 @@ def _chain(items: list[tuple[object, object]], state: list[_Candidate], flags: _
 
     Walking the sequence, every variable loop gets a degree: 1, plus the highest degree of
     an earlier loop that can trade characters with it, i.e. whose characters overlap its own
-    and where every mandatory item in between can match a character both loops can take. ``.*ama.*@``:
-    the second ``.*`` can give back what the first takes, through "ama": degree 2.
+    and where every mandatory item in between can match a character both loops can take.
+    ``.*ama.*@``: the second ``.*`` can give back what the first takes, through "ama":
+    degree 2.
     """
     for op, av in items:
         bits = _item_bits(op, av, flags)
