@@ -63,3 +63,43 @@ def test_close_writes_everything_pending(tmp_path):
         writer.write(f"line {n}")
     writer.close()
     assert path.read_text().splitlines() == [f"line {n}" for n in range(1000)]
+
+
+@pytest.mark.parametrize("fmt,buffered", [("logfmt", True), ("logfmt", False),
+                                          ("json", True)])
+def test_records_forwarded_from_another_process_are_written_as_if_logged_here(
+        tmp_path, restore_logging, fmt, buffered):
+    # The delivery process forwards its records (logfmt.forward_logging); the server writes
+    # them (logfmt.emit_record): same fields, the time they were made, errors kept.
+    forwarded: list = []
+    logfmt.forward_logging(forwarded.append, "info")
+    logger = logging.getLogger("mailkeep.queue")
+    log(logger, "delivery", id="ABC", to="a b@example.test", code=250, name="reserved")
+    log(logger, "not forwarded", logging.DEBUG)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logger.exception("attempt failed", extra={"id": "DEF"})
+    assert [r[3] for r in forwarded] == ["delivery", "attempt failed"]
+    made = forwarded[0][0]
+    path = tmp_path / "server.log"
+    setup_logging(fmt, "info", str(path), buffered=buffered)
+    for record in forwarded:
+        logfmt.emit_record(record)
+    text = wait_for_text(path, "attempt failed")
+    lines = text.splitlines()
+    assert len(lines) == 2
+    if fmt == "json":
+        import json
+
+        first, second = (json.loads(line) for line in lines)
+        assert first["msg"] == "delivery" and first["to"] == "a b@example.test"
+        assert first["subsystem"] == "queue" and first["code"] == 250
+        assert first["ts"] == logfmt._timestamp(made)
+        assert "ValueError: boom" in second["error"] and second["id"] == "DEF"
+    else:
+        assert lines[0].split(" ", 1)[1] == ('level=info subsystem=queue msg=delivery id=ABC '
+                                             'to="a b@example.test" code=250 '
+                                             'name_=reserved')
+        assert lines[1].startswith(f"ts={logfmt._timestamp(forwarded[1][0])} level=error")
+        assert "ValueError: boom" in lines[1] and "id=DEF" in lines[1]

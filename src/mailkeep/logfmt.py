@@ -52,7 +52,7 @@ import stat
 import sys
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TextIO
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -727,7 +727,6 @@ def setup_logging(fmt: str = "logfmt", level: str = "info", file: str | None = N
     if target == "syslog" and notice is None and not is_socket(syslog_socket):
         notice = f"no syslog socket at {syslog_socket}; logging to stderr"
         target = "stderr"
-    root = logging.getLogger("mailkeep")
     handler: logging.Handler
     if target in ("syslog", "journald"):
         path = journald_socket if target == "journald" else syslog_socket
@@ -752,14 +751,7 @@ def setup_logging(fmt: str = "logfmt", level: str = "info", file: str | None = N
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    root.propagate = False
-    # asyncio reports errors it caught in callbacks through its own logger: same place.
-    aio = logging.getLogger("asyncio")
-    aio.addHandler(handler)
-    aio.setLevel(logging.WARNING)
-    aio.propagate = False
+    _install(handler, level)
     if notice is not None:
         log(logging.getLogger("mailkeep.server"), notice, logging.WARNING)
     return target
@@ -806,6 +798,74 @@ def reset_logging() -> None:
             logger.removeHandler(handler)
             if name == "mailkeep":  # the same handler serves both loggers
                 handler.close()
+
+
+class _ForwardHandler(logging.Handler):
+    """Hands each record to ``send`` as a :data:`Record` (see :func:`forward_logging`)."""
+
+    def __init__(self, send: Callable[[Record], object]) -> None:
+        super().__init__()
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            created, level, name, msg, fields, error = _record_of(record)
+            plain = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+                     for k, v in fields.items()}
+            self.send((created, level, name, msg, plain, error))
+        except Exception:
+            self.handleError(record)
+
+
+def forward_logging(send: Callable[[Record], object], level: str = "info") -> None:
+    """Log through another process: every record of the ``mailkeep`` tree (and asyncio's
+    warnings) becomes a :data:`Record` given to ``send``; the other process writes it with
+    :func:`emit_record`, so that one process owns the log files, their rotation and the
+    syslog or journal connection. Used by the delivery process (mailkeep.queue.agent)."""
+    reset_logging()
+    _install(_ForwardHandler(send), level)
+
+
+def _install(handler: logging.Handler, level: str) -> None:
+    """``handler`` for the ``mailkeep`` logger tree at ``level``, not propagated beyond it."""
+    root = logging.getLogger("mailkeep")
+    root.addHandler(handler)
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.propagate = False
+    # asyncio reports errors it caught in callbacks through its own logger: same place.
+    aio = logging.getLogger("asyncio")
+    aio.addHandler(handler)
+    aio.setLevel(logging.WARNING)
+    aio.propagate = False
+
+
+def emit_record(record: Record) -> None:
+    """Write a record another process forwarded (:func:`forward_logging`) to this
+    process's log, as if it had been logged here at the time it was made."""
+    created, level, name, msg, fields, error = record
+    logger = logging.getLogger(name)
+    routes = _routes
+    if routes is not None and level in _LEVELS:
+        writer, subsystem = routes.cache.get(name) or routes.entry(name)
+        parts = [f"ts={_timestamp(created)}", f"level={_LEVELS[level]}", subsystem,
+                 f"msg={_logfmt_value(msg)}"]
+        parts += [f"{key}={_logfmt_value(value)}" for key, value in fields.items()]
+        if error:
+            parts.append(f"error={_logfmt_value(error)}")
+        writer.write(" ".join(parts), urgent=level >= logging.WARNING)
+        return
+    sender = _sender
+    if sender is not None and level in _LEVELS:
+        sender.write(record, urgent=level >= logging.WARNING)
+        return
+    made = logging.LogRecord(name, level, "", 0, msg, None, None)
+    made.created = created
+    made.msecs = created % 1 * 1000
+    for key, value in fields.items():
+        made.__dict__[f"{key}_" if key in _RESERVED else key] = value
+    if error:
+        made.__dict__["error"] = error
+    logger.handle(made)
 
 
 def current_files() -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from mailkeep.config import ConfigError, parse_config_text
@@ -75,6 +77,13 @@ resolvers = ["127.0.0.1", "127.0.0.1:5353", "[::1]:53"]
     shared = config.accounts["shared@example.com"]
     assert (shared.send, shared.max_recipients_per_day, shared.max_messages_per_hour) == (
         "hold", 10, None)
+    # The server hands its config to the delivery process pickled (mailkeep.queue.agent):
+    # the read-only mappings survive, still read-only.
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config
+    assert copy.delivery.transport[".corp.example"] == "provider"
+    with pytest.raises(TypeError):
+        copy.delivery.transport["new.example"] = "direct"  # type: ignore[index]
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -11,6 +11,7 @@ and seconds (the file may write "100M" or "17s", see ``mailkeep.units``).
 
 from __future__ import annotations
 
+import copyreg
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -554,6 +555,12 @@ class Account:
 
 def _frozen_map(data: Mapping | None = None) -> Mapping:
     return MappingProxyType(dict(data or {}))
+
+
+# A Config can be pickled: the server hands its config to the delivery process
+# (mailkeep.queue.agent) that way, at start and on every reload. The read-only mappings
+# above are rebuilt from a copy of their contents.
+copyreg.pickle(MappingProxyType, lambda proxy: (_frozen_map, (dict(proxy),)))
 
 
 @dataclass(frozen=True)
