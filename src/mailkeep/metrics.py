@@ -385,6 +385,9 @@ class ServerMetrics:
         self.ban_refusals = r.counter(
             "mailkeep_ban_refusals_total",
             "Connections refused because the client address is banned.")
+        self.delivery_restarts = r.counter(
+            "mailkeep_delivery_process_restarts_total",
+            "Times the delivery process died and was started again.")
         self.delivery_seconds = r.histogram(
             "mailkeep_delivery_latency_seconds",
             "Time from a message's arrival in the queue to its delivery, per recipient.",
@@ -414,6 +417,7 @@ class ServerMetrics:
                 self.refusals.labels(protocol, reason)
         self.delivery_seconds.labels()
         self._ban_refusals = self.ban_refusals.labels()
+        self._delivery_restarts = self.delivery_restarts.labels()
         self._connection_stats: list[ConnectionStats] = []
         self._queue: Any = None
         self._bans: Any = None
@@ -424,6 +428,9 @@ class ServerMetrics:
 
     def message_received(self, protocol: str, outcome: str) -> None:
         self.received.labels(protocol, outcome).value += 1
+
+    def delivery_process_restarted(self) -> None:
+        self._delivery_restarts.value += 1
 
     def outbound_outcome(self, outcome: str) -> None:
         self.outbound.labels(outcome).value += 1

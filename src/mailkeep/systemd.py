@@ -30,7 +30,10 @@ Type=simple
 ExecStart={executable} serve --config {config}
 ExecReload=/bin/kill -HUP $MAINPID
 KillSignal=SIGTERM
-TimeoutStopSec=30
+# The server stops its delivery process itself (deliveries in flight get up to 30 s):
+# SIGTERM goes to the server only, SIGKILL to both if the stop takes too long.
+KillMode=mixed
+TimeoutStopSec=60
 Restart=on-failure
 RestartSec=5
 LimitNOFILE=65536

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import email
 import email.policy
+import os
+import re
 import signal
 import smtplib
 import ssl
@@ -135,6 +137,15 @@ def _wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _send(srv: RunningServer, to: str, subject: str) -> None:
+    """demo@example.test submits one message to ``to`` on port 587."""
+    client = _client(srv)
+    try:
+        client.sendmail("demo@example.test", [to], _message("demo@example.test", to, subject))
+    finally:
+        client.quit()
+
+
 def _sink_find(sink: SmtpSink, subject: str) -> tuple[dict, bytes]:
     def find():
         for raw in sink.messages():
@@ -221,12 +232,7 @@ def test_wrong_password_is_535(mk: RunningServer) -> None:
 # -- what happens to a submitted message ----------------------------------------------------
 
 def test_relayed_message_is_fixed_up_and_dkim_signed(mk: RunningServer, sinks) -> None:
-    client = _client(mk)
-    try:
-        client.sendmail("demo@example.test", ["friend@elsewhere.test"],
-                        _message("demo@example.test", "friend@elsewhere.test", "signed one"))
-    finally:
-        client.quit()
+    _send(mk, "friend@elsewhere.test", "signed one")
     envelope, message = _sink_find(sinks["sink"], "signed one")
     assert envelope["X-Rcpt-Args"] == ["<friend@elsewhere.test>"]
     assert envelope["X-Mail-Args"][0].startswith("<demo@example.test>")
@@ -253,12 +259,7 @@ def test_relayed_message_is_fixed_up_and_dkim_signed(mk: RunningServer, sinks) -
 
 def test_local_recipients_go_straight_to_the_store(mk: RunningServer) -> None:
     before = len(mk.messages("me@other.test"))
-    client = _client(mk)
-    try:
-        client.sendmail("demo@example.test", ["me@other.test"],
-                        _message("demo@example.test", "me@other.test", "local one"))
-    finally:
-        client.quit()
+    _send(mk, "me@other.test", "local one")
     stored = mk.messages("me@other.test")
     assert len(stored) == before + 1, "stored before the 250, not later"
     assert b"Subject: local one" in stored[-1]
@@ -418,12 +419,7 @@ def test_8bit_body_needs_8bitmime(mk: RunningServer) -> None:
 
 def test_permanent_failure_bounces_to_the_sender(mk: RunningServer) -> None:
     before = len(mk.messages("demo@example.test"))
-    client = _client(mk)
-    try:
-        client.sendmail("demo@example.test", ["x@bounce.test"],
-                        _message("demo@example.test", "x@bounce.test", "will bounce"))
-    finally:
-        client.quit()
+    _send(mk, "x@bounce.test", "will bounce")
     stored = _wait_for(lambda: (lambda m: m if len(m) > before else None)(
         mk.messages("demo@example.test")), what="the bounce")
     bounce = email.message_from_bytes(stored[-1], policy=email.policy.default)
@@ -441,12 +437,7 @@ def test_permanent_failure_bounces_to_the_sender(mk: RunningServer) -> None:
 
 
 def test_deferred_mail_is_retried_and_flushed(mk: RunningServer, sinks) -> None:
-    client = _client(mk)
-    try:
-        client.sendmail("demo@example.test", ["someone@later.test"],
-                        _message("demo@example.test", "someone@later.test", "later one"))
-    finally:
-        client.quit()
+    _send(mk, "someone@later.test", "later one")
 
     def deferred():
         out = mk.cli("queue", "list").stdout
@@ -488,7 +479,11 @@ def test_queued_mail_survives_kill_9(tmp_path: Path) -> None:
             client.sendmail("demo@example.test", [f"r{n}@later.test"],
                             _message("demo@example.test", f"r{n}@later.test", f"kill {n}"))
             acknowledged += 1
+        agents = _wait_for(lambda: _delivery_pids(srv), what="the delivery process")
         srv.stop(signal.SIGKILL)
+        # Without its server, the delivery process stops by itself.
+        _wait_for(lambda: not any(_alive(pid) for pid in agents), timeout=40,
+                  what="the delivery process to exit")
     finally:
         if srv.proc is not None:
             srv.stop(signal.SIGKILL)
@@ -499,3 +494,63 @@ def test_queued_mail_survives_kill_9(tmp_path: Path) -> None:
         assert found == acknowledged == 20
     finally:
         srv.stop()
+
+
+# -- the delivery process ---------------------------------------------------------------------
+
+def _delivery_pids(srv: RunningServer) -> list[int]:
+    """The delivery processes the server has started so far (from its log), oldest first."""
+    return [int(m) for m in re.findall(r'msg="delivery process started" pid=(\d+)',
+                                       srv.log_text())]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_delivery_runs_in_its_own_process_which_is_started_again_if_it_dies(
+        mk: RunningServer, sinks) -> None:
+    first = _wait_for(lambda: _delivery_pids(mk), what="the delivery process")[-1]
+    assert mk.proc is not None and first != mk.proc.pid
+    assert "mailkeep.queue.agent" in Path(f"/proc/{first}/cmdline").read_text()
+    assert f"PPid:\t{mk.proc.pid}\n" in Path(f"/proc/{first}/status").read_text()
+    os.kill(first, signal.SIGKILL)
+    # Mail submitted while no delivery process runs waits in the queue for the next one.
+    _send(mk, "far@elsewhere.test", "while restarting")
+    _sink_find(sinks["sink"], "while restarting")
+    second = _wait_for(lambda: (lambda p: p if p and p[-1] != first else None)(
+        _delivery_pids(mk)), what="a new delivery process")[-1]
+    assert _alive(second) and not _alive(first)
+    assert "delivery process exited; starting it again" in mk.log_text()
+
+
+def test_a_reloaded_config_reaches_the_delivery_process(tmp_path: Path, sinks) -> None:
+    # The relay host is down at first: mail waits. The config then names the working one;
+    # after a reload (SIGHUP) a flush delivers it there.
+    srv = make_server(tmp_path / "mk", EXTRA.format(sink=free_port(), rejecting=free_port(),
+                                                    later=free_port()))
+    srv.set_password("demo@example.test", PASSWORD)
+    srv.start()
+    try:
+        _send(srv, "far@elsewhere.test", "after reload")
+        _wait_for(lambda: "Connection refused" in srv.cli("queue", "list").stdout,
+                  what="a deferral")
+        text = srv.config.read_text()
+        port = re.search(r'\[relays\.sink\]\nhost = "\[127\.0\.0\.1\]:(\d+)"', text)
+        assert port is not None
+        srv.config.write_text(text.replace(f"[127.0.0.1]:{port.group(1)}",
+                                           f"[127.0.0.1]:{sinks['sink'].port}", 1))
+        assert srv.proc is not None
+        os.kill(srv.proc.pid, signal.SIGHUP)
+        _wait_for(lambda: "msg=reloaded" in srv.log_text(), what="the reload")
+        assert srv.cli("queue", "flush").returncode == 0
+        _sink_find(sinks["sink"], "after reload")
+        agents = _delivery_pids(srv)
+    finally:
+        srv.stop()
+    # A clean stop stops the delivery process too.
+    assert agents and not any(_alive(pid) for pid in agents)

@@ -27,12 +27,13 @@ means the message is sent again after restart; it is never lost.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,8 @@ logger = logging.getLogger("mailkeep.queue")
 IDLE_CONNECTION_SECONDS = 5.0
 # Messages taken from the queue per scan beyond those already in flight.
 SCAN_BATCH = 500
+# Queue ids of ended attempts remembered (see Scheduler.notify_new).
+RECENTLY_FINISHED = 10_000
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,42 @@ class ConnectionPool:
         await asyncio.gather(*(_quit(s) for s in sessions), return_exceptions=True)
 
 
+async def deliver_local(pipeline: Pipeline, message: Path, entry: Any,
+                        rcpts: list) -> list[RecipientOutcome]:
+    """Store a queued message for recipients in our own domains, through the same pipeline
+    as inbound mail (addressing, quota, Sieve); one outcome per recipient."""
+    accepted: list[AcceptedRecipient] = []
+    outcomes: list[RecipientOutcome] = []
+    for rcpt in rcpts:
+        try:
+            address = parse_address(rcpt.address)
+        except AddressError as exc:
+            outcomes.append(RecipientOutcome(rcpt.address, "failed", 553, str(exc)))
+            continue
+        reply, targets = pipeline.recipient_decision(address, entry.size)
+        if reply.code >= 300:
+            status = "failed" if reply.code >= 500 else "deferred"
+            outcomes.append(RecipientOutcome(rcpt.address, status, reply.code,
+                                             reply.one_line()))
+            continue
+        accepted.append(AcceptedRecipient(address, targets))
+    if accepted:
+        sender = None
+        if entry.sender:
+            with contextlib.suppress(AddressError):
+                sender = parse_address(entry.sender)
+        envelope = Envelope(sender=sender, recipients=accepted, smtputf8=entry.smtputf8)
+        session = SessionInfo(client_ip="local", protocol="local", listener="queue")
+        replies = await pipeline.deliver(session, envelope, message, entry.size,
+                                         entry.queue_id, received=b"")
+        for rcpt, reply in zip(accepted, replies, strict=True):
+            status = ("delivered" if reply.code < 300 else
+                      "failed" if reply.code >= 500 else "deferred")
+            outcomes.append(RecipientOutcome(str(rcpt.address), status, reply.code,
+                                             reply.one_line()))
+    return outcomes
+
+
 async def _quit(session: Any) -> None:
     with contextlib.suppress(Exception):
         await asyncio.wait_for(session.quit(), 5)
@@ -169,19 +208,31 @@ async def _quit(session: Any) -> None:
         session.close()
 
 
+#: How the delivery process stores mail for local recipients: it asks the server, which
+#: owns the store (mailkeep.queue.agent). Takes the entry and its local recipients.
+LocalDelivery = Callable[[Any, list], Awaitable[list[RecipientOutcome]]]
+
+
 class Scheduler:
-    """Delivers queued mail; one per server process."""
+    """Delivers queued mail; one per server, in its delivery process (mailkeep.queue.agent).
+
+    ``local``: how recipients in our own domains are stored; by default through
+    ``pipeline`` in this process (``deliver_local``)."""
 
     def __init__(self, config: Config, queue: Any, pipeline: Pipeline, *,
                  data_dir: Path, clock: Callable[[], float] = time.time,
-                 metrics: Any = None) -> None:
+                 metrics: Any = None, local: LocalDelivery | None = None) -> None:
         self.queue = queue
+        self.local = local
         self.clock = clock
         #: Outcomes and delivery latency are counted here (mailkeep.metrics.ServerMetrics).
         self.metrics = metrics
         self.data_dir = data_dir
         self._event = asyncio.Event()
         self._active: set[str] = set()
+        # Ids whose attempt ended lately: a notice of new mail that arrives after its
+        # attempt already ended (a rescan found the mail first) is stale, not new mail.
+        self._finished: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._backlog = False      # due mail was left for lack of room: rescan when a slot frees
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -235,7 +286,8 @@ class Scheduler:
         it at once, without reading the queue again (a scan reads every due entry, those
         in flight too; per message that would cost more the busier the queue is)."""
         for entry in entries:
-            if entry.queue_id in self._active or self._stopping:
+            if (entry.queue_id in self._active or entry.queue_id in self._finished
+                    or self._stopping):
                 continue
             if len(self._active) >= self._max_active():
                 self._backlog = True
@@ -344,6 +396,10 @@ class Scheduler:
             logger.exception("queue attempt failed", extra={"id": entry.queue_id})
         finally:
             self._active.discard(entry.queue_id)
+            finished = self._finished
+            finished[entry.queue_id] = None
+            if len(finished) > RECENTLY_FINISHED:
+                finished.popitem(last=False)
 
     async def _record(self, entry: Any, outcomes: list) -> None:
         now = self.clock()
@@ -413,37 +469,10 @@ class Scheduler:
     # -- local recipients ------------------------------------------------------------------
 
     async def _deliver_local(self, entry: Any, rcpts: list) -> list:
-        accepted: list[AcceptedRecipient] = []
-        outcomes: list = []
-        for rcpt in rcpts:
-            try:
-                address = parse_address(rcpt.address)
-            except AddressError as exc:
-                outcomes.append(RecipientOutcome(rcpt.address, "failed", 553, str(exc)))
-                continue
-            reply, targets = self.pipeline.recipient_decision(address, entry.size)
-            if reply.code >= 300:
-                status = "failed" if reply.code >= 500 else "deferred"
-                outcomes.append(RecipientOutcome(rcpt.address, status, reply.code,
-                                                 reply.one_line()))
-                continue
-            accepted.append(AcceptedRecipient(address, targets))
-        if accepted:
-            sender = None
-            if entry.sender:
-                with contextlib.suppress(AddressError):
-                    sender = parse_address(entry.sender)
-            envelope = Envelope(sender=sender, recipients=accepted, smtputf8=entry.smtputf8)
-            session = SessionInfo(client_ip="local", protocol="local", listener="queue")
-            replies = await self.pipeline.deliver(session, envelope,
-                                                  self.queue.message_path(entry.queue_id),
-                                                  entry.size, entry.queue_id, received=b"")
-            for rcpt, reply in zip(accepted, replies, strict=True):
-                status = ("delivered" if reply.code < 300 else
-                          "failed" if reply.code >= 500 else "deferred")
-                outcomes.append(RecipientOutcome(str(rcpt.address), status, reply.code,
-                                                 reply.one_line()))
-        return outcomes
+        if self.local is not None:  # the delivery process asks the server (queue.agent)
+            return await self.local(entry, rcpts)
+        return await deliver_local(self.pipeline, self.queue.message_path(entry.queue_id),
+                                   entry, rcpts)
 
     # -- remote recipients -----------------------------------------------------------------
 

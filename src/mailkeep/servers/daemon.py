@@ -17,14 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import gc
 import grp
 import logging
 import os
 import pwd
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +38,11 @@ from mailkeep.logfmt import configure as configure_logging
 from mailkeep.logfmt import log
 from mailkeep.metrics import ServerMetrics
 from mailkeep.outbound.dns import make_resolver
+from mailkeep.queue.agent import DeliveryProcess
 from mailkeep.queue.pickup import Pickup
-from mailkeep.queue.scheduler import Scheduler
+from mailkeep.queue.scheduler import deliver_local
 from mailkeep.queue.store import QueueStore
+from mailkeep.runtime import tune_for_serving
 from mailkeep.sasl import Authenticator
 from mailkeep.servers.imap import IMAPContext, IMAPListener
 from mailkeep.servers.indexer import BackgroundIndexer
@@ -65,12 +65,6 @@ POP3_PROTOCOLS = {"pop3", "pop3s"}
 WEB_PROTOCOLS = {"http", "https"}
 SERVED_PROTOCOLS = SMTP_PROTOCOLS | IMAP_PROTOCOLS | POP3_PROTOCOLS | WEB_PROTOCOLS
 TLS_RELOAD_INTERVAL = 10.0
-#: How long a thread may keep the GIL while another waits for it (Python's default). See
-#: run_server.
-SWITCH_INTERVAL = 0.005
-#: Cyclic garbage collector thresholds once the server runs (Python's defaults: 700, 10,
-#: 10). See _tune_gc.
-GC_THRESHOLDS = (10_000, 50, 100)
 
 
 def protocol_family(protocol: str) -> str:
@@ -193,10 +187,13 @@ class Server:
         self.fts: Any = None
         self.indexer: Any = None
         self._reload_task: asyncio.Task | None = None
-        # Sending: the durable queue, its scheduler, the sendmail pickup, DKIM keys, and
-        # the per-account rate limits (kept across reloads).
+        # Sending: the durable queue, the delivery process that empties it (its scheduler
+        # and SMTP client, mailkeep.queue.agent), the pipeline that stores its mail for our
+        # own domains, the sendmail pickup, DKIM keys, and the per-account rate limits
+        # (kept across reloads).
         self.queue: Any = None
-        self.scheduler: Any = None
+        self.delivery: DeliveryProcess | None = None
+        self._local_pipeline: Pipeline | None = None
         self.pickup: Any = None
         self.dkim: Any = None
         self.rates = RateLimiter()
@@ -245,7 +242,7 @@ class Server:
         """The submission service for a config snapshot (587/465 and the sendmail pickup)."""
         return Submission(config, pipeline, self.queue, spool_dir=self.spool_dir(config),
                           dkim=self.dkim, rates=self.rates,
-                          wake=self.scheduler.notify_new if self.scheduler else None)
+                          wake=self.delivery.notify_new if self.delivery else None)
 
     def _receiver_context(self, config: Config, pipeline: Pipeline, listener) -> ReceiverContext:
         lmtp = listener.protocol == "lmtp"
@@ -450,8 +447,9 @@ class Server:
         pipeline = Pipeline(config, self.store, Resolver(config))
         self.queue = await asyncio.to_thread(QueueStore.for_data_dir, config.data_dir)
         self.dkim = DkimKeys.for_data_dir(config.data_dir)
-        self.scheduler = Scheduler(config, self.queue, pipeline, data_dir=config.data_dir,
-                                   metrics=self.metrics)
+        self._local_pipeline = pipeline
+        self.delivery = DeliveryProcess(config, local=self._deliver_local,
+                                        metrics=self.metrics)
         self.store.instrument(self.metrics)
         self.queue.instrument(self.metrics)
         self.metrics.watch(queue=self.queue, bans=bans)
@@ -476,7 +474,7 @@ class Server:
             await server.start(self.bound.pop(key))
             self.listeners[key] = server
         loop = asyncio.get_running_loop()
-        scheduler_task = loop.create_task(self.scheduler.run())
+        self.delivery.start()
         reporter_task = None
         if self.dmarc_reporter is not None:
             reporter_task = loop.create_task(self.dmarc_reporter.run(self.stopping))
@@ -511,11 +509,11 @@ class Server:
                 await self.certificates.stop()
             await asyncio.gather(*(lst.stop() for lst in self.listeners.values()))
             self.pickup.stop()
-            await self.scheduler.stop()
-            for task in (scheduler_task, pickup_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            # Before the store closes: attempts in flight may still store local mail.
+            await self.delivery.stop()
+            pickup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pickup_task
             await asyncio.to_thread(self.queue.close)
             if reporter_task is not None:
                 reporter_task.cancel()
@@ -539,10 +537,16 @@ class Server:
             log(logger, "stopped")
         return 0
 
+    async def _deliver_local(self, entry: Any, rcpts: list) -> list:
+        """The delivery process asks for queued mail to be stored for our own domains."""
+        assert self._local_pipeline is not None
+        return await deliver_local(self._local_pipeline,
+                                   self.queue.message_path(entry.queue_id), entry, rcpts)
+
     def _queue_changed(self) -> None:
         """SIGUSR1 (sent by `mailkeep queue ...`): rescan the queue and the maildrop."""
-        if self.scheduler is not None:
-            self.scheduler.wake()
+        if self.delivery is not None:
+            self.delivery.wake()
         if self.pickup is not None:
             self.pickup.wake()
 
@@ -602,8 +606,9 @@ class Server:
         self._apply(config)
         if self.certificates is not None:
             self.certificates.update(config)
-        pipeline = Pipeline(config, self.store, Resolver(config))
-        self.scheduler.update(config, pipeline)
+        pipeline = self._local_pipeline = Pipeline(config, self.store, Resolver(config))
+        if self.delivery is not None:
+            self.delivery.update(config)
         if self.dmarc_reporter is not None:
             from mailkeep.reports.dmarc_send import ReportSettings
 
@@ -641,22 +646,6 @@ def _log_owner(run_as: str | None) -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _tune_gc() -> None:
-    """Make the cyclic garbage collector cheaper for a long-running server.
-
-    Everything built before the server starts (modules, config, compiled patterns) lives as
-    long as the process; ``gc.freeze`` moves it out of the collector's sight, so that full
-    collections no longer walk it again and again. Each session allocates thousands of
-    short-lived objects, almost none of them in reference cycles (reference counting frees
-    them), so the youngest generation is collected after 10,000 allocations instead of 700.
-    Measured with benchmarks/smtp_inbound.py at 20 sessions: about 8 % less CPU per
-    message. Cycles are still collected, only less often; memory stays bounded.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def run_server(config_path: Path, *, banner=None) -> int:
     try:
         server = Server(config_path, banner=banner)
@@ -665,12 +654,5 @@ def run_server(config_path: Path, *, banner=None) -> int:
         return 78  # EX_CONFIG
     c = server.config
     configure_logging(c.log, owner=_log_owner(c.run_as))
-    # The event loop answers every client; worker threads (file writes, fsync, commits)
-    # need the GIL only briefly between system calls, so they rarely hold it for long. A
-    # shorter interval (0.5 ms was tried) makes the loop hand the GIL over more often, each
-    # time through the kernel: measured with benchmarks/smtp_outbound.py it cost 13 % more
-    # CPU per message and 8 % fewer messages per second, with no gain inbound. Set
-    # explicitly so that the choice is visible.
-    sys.setswitchinterval(SWITCH_INTERVAL)
-    _tune_gc()
+    tune_for_serving()  # GIL switch interval and GC (mailkeep.runtime)
     return asyncio.run(server.run())

@@ -1,4 +1,4 @@
-"""The server's garbage-collector tuning (servers/daemon.py, _tune_gc)."""
+"""The garbage-collector tuning of the server and its delivery process (mailkeep.runtime)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailkeep.servers import daemon
+from mailkeep import runtime
 
 
 @pytest.fixture
@@ -24,16 +24,16 @@ def restore_gc() -> Iterator[None]:
 def test_startup_objects_are_frozen_and_young_collections_are_rarer(restore_gc: None) -> None:
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
-    daemon._tune_gc()
+    runtime.tune_gc()
     # What exists at start-up (this test's modules included) is out of the collector's
     # reach, and the youngest generation waits for 10,000 allocations.
     assert gc.get_freeze_count() > 1000
-    assert gc.get_threshold() == daemon.GC_THRESHOLDS
-    assert daemon.GC_THRESHOLDS[0] > 700
+    assert gc.get_threshold() == runtime.GC_THRESHOLDS
+    assert runtime.GC_THRESHOLDS[0] > 700
 
 
 def test_cycles_made_after_tuning_are_still_collected(restore_gc: None) -> None:
-    daemon._tune_gc()
+    runtime.tune_gc()
 
     class Node:
         def __init__(self) -> None:
@@ -46,6 +46,6 @@ def test_cycles_made_after_tuning_are_still_collected(restore_gc: None) -> None:
     del first, second
     # No explicit gc.collect(): allocating past the young generation's threshold makes the
     # collector run by itself (it would not if tuning had disabled it).
-    junk = [[] for _ in range(daemon.GC_THRESHOLDS[0] * 3)]
+    junk = [[] for _ in range(runtime.GC_THRESHOLDS[0] * 3)]
     del junk
     assert collected == ["first"]
