@@ -689,6 +689,8 @@ def _record_of(record: logging.LogRecord) -> Record:
 # used by log() directly (no LogRecord); None otherwise.
 _routes: Routes | None = None
 _sender: DatagramWriter | None = None
+# Where log() hands records when they go to another process (forward_logging); else None.
+_forward: Callable[[Record], object] | None = None
 _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
            logging.ERROR: "error", logging.CRITICAL: "critical"}
 
@@ -789,9 +791,10 @@ atexit.register(_write_pending_at_exit)
 
 def reset_logging() -> None:
     """Remove (and close, writing what is pending) the handlers of the logger tree."""
-    global _routes, _sender
+    global _routes, _sender, _forward
     _routes = None
     _sender = None
+    _forward = None
     for name in ("mailkeep", "asyncio"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):
@@ -810,9 +813,7 @@ class _ForwardHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             created, level, name, msg, fields, error = _record_of(record)
-            plain = {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
-                     for k, v in fields.items()}
-            self.send((created, level, name, msg, plain, error))
+            self.send((created, level, name, msg, _plain(fields), error))
         except Exception:
             self.handleError(record)
 
@@ -822,8 +823,16 @@ def forward_logging(send: Callable[[Record], object], level: str = "info") -> No
     warnings) becomes a :data:`Record` given to ``send``; the other process writes it with
     :func:`emit_record`, so that one process owns the log files, their rotation and the
     syslog or journal connection. Used by the delivery process (mailkeep.queue.agent)."""
+    global _forward
     reset_logging()
     _install(_ForwardHandler(send), level)
+    _forward = send
+
+
+def _plain(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Field values another process can unpickle and format: anything else as its str()."""
+    return {k: (v if isinstance(v, (str, int, float, bool, type(None))) else str(v))
+            for k, v in fields.items()}
 
 
 def _install(handler: logging.Handler, level: str) -> None:
@@ -846,13 +855,8 @@ def emit_record(record: Record) -> None:
     logger = logging.getLogger(name)
     routes = _routes
     if routes is not None and level in _LEVELS:
-        writer, subsystem = routes.cache.get(name) or routes.entry(name)
-        parts = [f"ts={_timestamp(created)}", f"level={_LEVELS[level]}", subsystem,
-                 f"msg={_logfmt_value(msg)}"]
-        parts += [f"{key}={_logfmt_value(value)}" for key, value in fields.items()]
-        if error:
-            parts.append(f"error={_logfmt_value(error)}")
-        writer.write(" ".join(parts), urgent=level >= logging.WARNING)
+        routes.writer(name).write(_stderr_line(record, "logfmt"),
+                                  urgent=level >= logging.WARNING)
         return
     sender = _sender
     if sender is not None and level in _LEVELS:
@@ -917,6 +921,13 @@ def log(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: A
         # Formatted in the writer's thread.
         sender.write((time.time(), level, logger.name, msg, fields, None),
                      urgent=level >= logging.WARNING)
+        return
+    forward = _forward
+    if forward is not None and level in _LEVELS:
+        # To the server, which writes it (forward_logging); no LogRecord needed.
+        forward((time.time(), level, logger.name, msg,
+                 _plain({(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}),
+                 None))
         return
     clean = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
     logger.log(level, msg, extra=clean)

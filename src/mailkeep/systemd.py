@@ -30,10 +30,11 @@ Type=simple
 ExecStart={executable} serve --config {config}
 ExecReload=/bin/kill -HUP $MAINPID
 KillSignal=SIGTERM
-# The server stops its delivery process itself (deliveries in flight get up to 30 s):
-# SIGTERM goes to the server only, SIGKILL to both if the stop takes too long.
+# The server stops its delivery process itself (deliveries in flight get up to 30 s,
+# the whole stop at most about 60 s): SIGTERM goes to the server only, SIGKILL to both
+# if the stop takes longer than this.
 KillMode=mixed
-TimeoutStopSec=60
+TimeoutStopSec=90
 Restart=on-failure
 RestartSec=5
 LimitNOFILE=65536

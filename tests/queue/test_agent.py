@@ -178,7 +178,8 @@ def test_a_command_that_keeps_failing_is_retried_with_a_delay_and_stops_cleanly(
 def test_the_delivery_process_stops_when_the_server_has_gone(config):
     ours, theirs = socket.socketpair()
     child = subprocess.Popen([sys.executable, "-m", "mailkeep.queue.agent",
-                              str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+                              str(theirs.fileno())], pass_fds=(theirs.fileno(),),
+                             stderr=subprocess.PIPE, text=True)
     theirs.close()
     try:
         ours.sendall(encode(("config", config)))
@@ -195,6 +196,9 @@ def test_the_delivery_process_stops_when_the_server_has_gone(config):
         assert child.poll() is None
         ours.close()  # the server died
         assert child.wait(timeout=30) == 0
+        # With nobody to forward them to, its last lines went to stderr.
+        assert child.stderr is not None
+        assert 'msg="the server has gone; delivery process stopping"' in child.stderr.read()
     finally:
         if child.poll() is None:
             child.kill()
@@ -216,3 +220,78 @@ def test_only_known_metrics_are_applied() -> None:
                                  ("commit", "queue")]
 
     asyncio.run(main())
+
+
+def test_a_delivery_process_that_never_gets_ready_is_killed_and_started_again(
+        config, monkeypatch):
+    monkeypatch.setattr(agent, "READY_TIMEOUT", 0.5)
+    monkeypatch.setattr(agent, "RESTART_DELAYS", (0.1,))
+
+    async def main() -> None:
+        async def local(entry, rcpts):
+            raise AssertionError("never called")
+
+        process = DeliveryProcess(config, local=local,
+                                  command=[sys.executable, "-c", "import time; time.sleep(60)"])
+        process.start()
+        await _until(lambda: process.starts >= 2, timeout=20, what="a second start")
+        await asyncio.wait_for(process.stop(), 20)
+
+    asyncio.run(main())
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[tuple] = []
+
+    def send(self, *message) -> bool:
+        self.sent.append(message)
+        return True
+
+
+def test_a_late_answer_goes_to_the_process_that_asked_never_to_its_successor(config):
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def local(entry, rcpts):
+            await release.wait()
+            return [RecipientOutcome(r.address, "delivered", 250, "ok") for r in rcpts]
+
+        process = DeliveryProcess(config, local=local)
+        asker, successor = Recorder(), Recorder()
+        entry = new_message("LATE", "me@example.com")
+        process._channel = asker  # type: ignore[assignment]
+        process._on_message(("local", 1, entry, entry.recipients), asker)  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        process._channel = successor  # type: ignore[assignment]  # the asker died meanwhile
+        release.set()
+        await asyncio.wait(process._requests, timeout=5)
+        assert [m[:2] for m in asker.sent] == [("local-done", 1)]
+        assert successor.sent == []
+
+    asyncio.run(main())
+
+
+def test_the_delivery_process_does_not_import_from_the_current_directory(
+        config, tmp_path, monkeypatch):
+    # `mailkeep serve` started from a directory someone else can write to must not run
+    # their selectors.py in the delivery process.
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    marker = tmp_path / "ran"
+    (planted / "selectors.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(planted)
+
+    async def main() -> None:
+        async def local(entry, rcpts):
+            return []
+
+        process = DeliveryProcess(config, local=local)
+        process.start()
+        try:
+            await asyncio.wait_for(process.ready.wait(), 30)
+        finally:
+            await process.stop()
+
+    asyncio.run(main())
+    assert not marker.exists()

@@ -28,8 +28,8 @@ What the two share, and how:
     see the new mail at once (a DSN to a local sender, a retried local delivery);
   - ``("metrics", [(name, args), ...])``: outcome counts, delivery latencies, commit
     times, merged into the server's /metrics;
-  - ``("log", Record)``: log lines, written by the server (one writer per log file, its
-    rotation, its syslog or journal connection).
+  - ``("logs", [Record, ...])``: log lines, written by the server (one writer per log
+    file, its rotation, its syslog or journal connection); batched per loop turn.
 
 Lifecycle: the server starts the delivery process after dropping privileges (it runs as the
 same user), restarts it with a growing delay if it dies, sends it every reloaded config, and
@@ -48,15 +48,17 @@ import contextlib
 import logging
 import os
 import signal
+import site
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import mailkeep
-from mailkeep.logfmt import emit_record, forward_logging, log
+from mailkeep.logfmt import emit_record, forward_logging, log, setup_logging
 from mailkeep.queue.channel import Channel
 from mailkeep.queue.scheduler import LocalDelivery
 
@@ -73,7 +75,17 @@ STABLE_SECONDS = 60.0
 CONFIG_TIMEOUT = 60.0
 #: Seconds the server waits for the delivery process to stop (it gives attempts in flight
 #: 30 s, as Scheduler.stop) before killing it.
-STOP_TIMEOUT = 45.0
+STOP_TIMEOUT = 40.0
+#: Seconds the server then gives local deliveries it is still making for it.
+REQUEST_GRACE = 10.0
+#: Seconds a new delivery process has to say it is ready before it is killed (and started
+#: again): it imports, opens the queue (recovery included) and builds its scheduler.
+READY_TIMEOUT = 120.0
+#: Seconds the server keeps reading from a delivery process that exited: its last log
+#: lines and metrics are still on the way.
+DRAIN_SECONDS = 5.0
+#: Queue entries per "new" message (a busy loop turn can queue many).
+NEW_BATCH = 1000
 #: Bytes of notifications the delivery process has not read yet beyond which the server
 #: sends a rescan request instead (the delivery process is busy; the queue has it all).
 MAX_BUFFERED = 4 << 20
@@ -92,7 +104,9 @@ class DeliveryProcess:
         self.config = config
         self.local = local
         self.metrics = metrics
-        self.command = command or [sys.executable, "-m", "mailkeep.queue.agent"]
+        # -P: the current directory (wherever `mailkeep serve` was started, perhaps a
+        # directory others can write to) is not put on the child's module path.
+        self.command = command or [sys.executable, "-P", "-m", "mailkeep.queue.agent"]
         #: Set while a delivery process has said it is ready; cleared when it goes.
         self.ready = asyncio.Event()
         self.pid: int | None = None
@@ -131,7 +145,8 @@ class DeliveryProcess:
         if channel.buffered() > MAX_BUFFERED:
             channel.send("wake")
             return
-        channel.send("new", entries)
+        for start in range(0, len(entries), NEW_BATCH):
+            channel.send("new", entries[start:start + NEW_BATCH])
 
     def wake(self) -> None:
         """Rescan the queue (the CLI changed it)."""
@@ -145,25 +160,28 @@ class DeliveryProcess:
             self._channel.send("config", config)
 
     async def stop(self) -> None:
-        """Stop the delivery process (attempts in flight may finish) and wait for it."""
+        """Stop the delivery process (attempts in flight may finish) and wait for it:
+        at most STOP_TIMEOUT, then it is killed; then the local deliveries still under
+        way for it get REQUEST_GRACE before they are cancelled (the store closes next)."""
         self._stop.set()
-        channel, process = self._channel, self._process
-        if channel is not None:
-            channel.send("stop")
-        if process is not None and process.returncode is None:
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT)
-            except TimeoutError:
+        if self._channel is not None:
+            self._channel.send("stop")
+        task = self._task
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+            if not done:
+                process = self._process
                 log(logger, "delivery process did not stop; killing it", logging.ERROR,
-                    pid=process.pid)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-        if self._task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                    pid=process.pid if process is not None else "")
+                if process is not None and process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._requests:
-            await asyncio.wait(list(self._requests), timeout=STOP_TIMEOUT)
+            _, pending = await asyncio.wait(list(self._requests), timeout=REQUEST_GRACE)
+            for request in pending:
+                request.cancel()
 
     # -- running it --------------------------------------------------------------------------
 
@@ -193,14 +211,9 @@ class DeliveryProcess:
     async def _run_once(self) -> int:
         ours, theirs = socket.socketpair()
         try:
-            env = dict(os.environ)
-            # The child imports this very package, wherever it was imported from.
-            root = str(Path(mailkeep.__file__).resolve().parent.parent)
-            env["PYTHONPATH"] = os.pathsep.join(
-                p for p in (root, env.get("PYTHONPATH", "")) if p)
             process = await asyncio.create_subprocess_exec(
                 *self.command, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL, env=env)
+                stdin=asyncio.subprocess.DEVNULL, env=_child_environment())
         except BaseException:
             ours.close()
             raise
@@ -208,36 +221,55 @@ class DeliveryProcess:
             theirs.close()
         self.starts += 1
         self._process = process
+        loop = asyncio.get_running_loop()
+        watchdog = loop.call_later(READY_TIMEOUT, self._not_ready, process)
+        channel: Channel | None = None
         try:
-            channel = await Channel.open(ours, self._on_message)
-        except BaseException:
-            ours.close()
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            raise
-        self._channel = channel
-        channel.send("config", self.config)
-        if self._stop.is_set():
-            channel.send("stop")
-        try:
-            return await process.wait()
+            # Each message names the channel it came on: a late answer to a process that
+            # died must never reach its successor (request numbers start again at 1).
+            channel = await Channel.open(ours, lambda message: self._on_message(message,
+                                                                                channel))
+            self._channel = channel
+            channel.send("config", self.config)
+            if self._stop.is_set():
+                channel.send("stop")
+            code = await process.wait()
+            # What it wrote before exiting (its last log lines and metrics) is read first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.closed.wait(), DRAIN_SECONDS)
+            return code
         finally:
+            watchdog.cancel()
             self._channel = None
             self.ready.clear()
             self.pid = None
-            channel.close()
+            if channel is not None:
+                channel.close()
+            else:
+                ours.close()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
 
-    def _on_message(self, message: tuple[Any, ...]) -> None:
+    def _not_ready(self, process: asyncio.subprocess.Process) -> None:
+        if not self.ready.is_set() and process.returncode is None:
+            log(logger, "delivery process not ready in time; killing it", logging.ERROR,
+                pid=process.pid, seconds=READY_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+    def _on_message(self, message: tuple[Any, ...], channel: Channel | None) -> None:
         kind = message[0]
-        if kind == "log":
-            emit_record(message[1])
+        if kind == "logs":
+            for record in message[1]:
+                emit_record(record)
         elif kind == "metrics":
             self._apply_metrics(message[1])
         elif kind == "local":
             _, number, entry, rcpts = message
             task = asyncio.get_running_loop().create_task(
-                self._answer_local(number, entry, rcpts))
+                self._answer_local(channel, number, entry, rcpts))
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
         elif kind == "ready":
@@ -248,7 +280,8 @@ class DeliveryProcess:
             log(logger, "delivery process sent an unknown message", logging.ERROR,
                 kind=kind)
 
-    async def _answer_local(self, number: int, entry: Any, rcpts: list) -> None:
+    async def _answer_local(self, channel: Channel | None, number: int, entry: Any,
+                            rcpts: list) -> None:
         try:
             outcomes = await self.local(entry, rcpts)
         except Exception as exc:
@@ -256,8 +289,8 @@ class DeliveryProcess:
             reply: tuple[Any, ...] = ("local-done", number, None, repr(exc))
         else:
             reply = ("local-done", number, outcomes, None)
-        if self._channel is not None:
-            self._channel.send(*reply)
+        if channel is not None:
+            channel.send(*reply)  # nothing if that process has gone: it retries the mail
 
     def _apply_metrics(self, calls: list[tuple[str, tuple]]) -> None:
         metrics = self.metrics
@@ -274,6 +307,18 @@ class DeliveryProcess:
                 observe(seconds)
             else:
                 getattr(metrics, name)(*args)
+
+
+def _child_environment() -> dict[str, str]:
+    """The server's environment, plus what the child needs to import this very package
+    when it does not come from an installed location (a source checkout)."""
+    env = dict(os.environ)
+    root = str(Path(mailkeep.__file__).resolve().parent.parent)
+    installed = {str(Path(p).resolve()) for p in
+                 (*site.getsitepackages(), site.getusersitepackages())}
+    if root not in installed:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), root) if p)
+    return env
 
 
 # -- the delivery process's side ---------------------------------------------------------------
@@ -315,10 +360,18 @@ class Agent:
         self._stopping = asyncio.Event()
         self._pending: dict[int, asyncio.Future] = {}
         self._numbers = 0
+        # Log records for the server, sent together once per loop turn: one frame (one
+        # system call here and one there) for all a turn logged, not one per line.
+        self._logs: collections.deque[Any] = collections.deque()
+        self._logs_flush_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     async def run(self) -> int:
         from mailkeep.queue.store import QueueStore
 
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.channel = channel = await Channel.open(self.sock, self._on_message)
         gone = asyncio.create_task(channel.closed.wait())
         first = asyncio.create_task(self._configured.wait())
@@ -328,11 +381,12 @@ class Agent:
         if not self._configured.is_set():
             gone.cancel()
             return 1
-        config = self.config
-        forward_logging(self._log, config.log.level)
-        queue = await asyncio.to_thread(QueueStore.for_data_dir, config.data_dir)
+        forward_logging(self._log, self.config.log.level)
+        queue = await asyncio.to_thread(QueueStore.for_data_dir, self.config.data_dir)
         queue.instrument(self.metrics)
-        self.scheduler = self._scheduler(config, queue)
+        # The latest config: a reload may have come while the queue was being opened.
+        forward_logging(self._log, self.config.log.level)
+        self.scheduler = self._scheduler(self.config, queue)
         from mailkeep.runtime import tune_for_serving
 
         tune_for_serving()
@@ -343,15 +397,19 @@ class Agent:
         stop = loop.create_task(self._stopping.wait())
         await asyncio.wait({gone, stop}, return_when=asyncio.FIRST_COMPLETED)
         if gone.done():
+            self._flush_logs()  # from now on to stderr
             log(logger, "the server has gone; delivery process stopping", logging.WARNING)
         await self.scheduler.stop()
         for task in (running, reporting, stop, gone):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        self._send_metrics()
         await asyncio.to_thread(queue.close)
-        channel.close()
+        self._send_metrics()
+        self._flush_logs()
+        channel.close()  # after what is buffered has been written
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(channel.closed.wait(), 5)
         return 0
 
     def _scheduler(self, config: Any, queue: Any) -> Any:
@@ -369,8 +427,32 @@ class Agent:
         return Pipeline(config, None, Resolver(config))
 
     def _log(self, record: Any) -> None:
-        if self.channel is not None:
-            self.channel.send("log", record)
+        """A log record for the server (any thread; see logfmt.forward_logging)."""
+        self._logs.append(record)
+        if self._logs_flush_pending or self._loop is None:
+            return
+        self._logs_flush_pending = True
+        if threading.get_ident() == self._loop_thread:
+            self._loop.call_soon(self._flush_logs)
+        else:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                self._loop.call_soon_threadsafe(self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        self._logs_flush_pending = False
+        records = []
+        with contextlib.suppress(IndexError):
+            while True:
+                records.append(self._logs.popleft())
+        if not records:
+            return
+        if self.channel is not None and self.channel.send("logs", records):
+            return
+        # The server has gone: what is left goes to stderr (the journal, under systemd).
+        if self.config is not None:
+            setup_logging(self.config.log.format, self.config.log.level)
+        for record in records:
+            emit_record(record)
 
     def _on_message(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -423,6 +505,7 @@ class Agent:
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
             self._send_metrics()
+            self._flush_logs()
 
     def _send_metrics(self) -> None:
         calls = self.metrics.take()

@@ -474,7 +474,6 @@ class Server:
             await server.start(self.bound.pop(key))
             self.listeners[key] = server
         loop = asyncio.get_running_loop()
-        self.delivery.start()
         reporter_task = None
         if self.dmarc_reporter is not None:
             reporter_task = loop.create_task(self.dmarc_reporter.run(self.stopping))
@@ -500,6 +499,7 @@ class Server:
         # `mailkeep ban add|lift` take effect within a second, without a reload.
         bans_task = loop.create_task(bans.watch())
         try:
+            self.delivery.start()
             await self.stopping.wait()
         finally:
             tls_task.cancel()
