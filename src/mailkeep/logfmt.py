@@ -446,7 +446,8 @@ def _clean_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
 
 
-def _stderr_line(record: Record, fmt: str) -> str:
+def record_line(record: Record, fmt: str) -> str:
+    """One line for ``record``, as the stderr target writes it (logfmt or JSON)."""
     created, levelno, name, msg, fields, error = record
     if fmt == "json":
         return _message_text(record, fmt, with_level=True)
@@ -561,7 +562,7 @@ class DatagramWriter(_Buffered):
                 else:
                     self._send_journal(journal_datagram(record, self.fmt, self.facility))
             except OSError as exc:
-                _to_stderr(_stderr_line(record, self.fmt) + "\n", 1,
+                _to_stderr(record_line(record, self.fmt) + "\n", 1,
                            f"cannot send to {self.kind} at {self.path}: "
                            f"{exc.strerror or exc}")
 
@@ -855,7 +856,7 @@ def emit_record(record: Record) -> None:
     logger = logging.getLogger(name)
     routes = _routes
     if routes is not None and level in _LEVELS:
-        routes.writer(name).write(_stderr_line(record, "logfmt"),
+        routes.writer(name).write(record_line(record, "logfmt"),
                                   urgent=level >= logging.WARNING)
         return
     sender = _sender

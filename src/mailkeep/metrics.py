@@ -421,6 +421,7 @@ class ServerMetrics:
         self._connection_stats: list[ConnectionStats] = []
         self._queue: Any = None
         self._bans: Any = None
+        self._delivery: Any = None
         self._queue_states: dict[str, QueueState] = {}
         r.collector(self._collect)
 
@@ -474,10 +475,12 @@ class ServerMetrics:
 
     # -- scrape-time sources -------------------------------------------------------------
 
-    def watch(self, *, queue: Any = None, bans: Any = None) -> None:
-        """Read the queue (``state_summary``) and the ban list (``active``) at each scrape."""
+    def watch(self, *, queue: Any = None, bans: Any = None, delivery: Any = None) -> None:
+        """Read the queue (``state_summary``), the ban list (``active``) and the delivery
+        process (``pid``, ``ready``: mailkeep.queue.agent.DeliveryProcess) at each scrape."""
         self._queue = queue
         self._bans = bans
+        self._delivery = delivery
 
     async def exposition(self) -> str:
         """The text for a scrape. The queue is read in a worker thread (a large queue takes
@@ -518,6 +521,8 @@ class ServerMetrics:
         if self._bans is not None:
             yield Collected("mailkeep_bans_active", "Bans in force now.", "gauge", (),
                             (Sample((), len(self._bans.active())),))
+        if self._delivery is not None:
+            yield from _delivery_process_metrics(self._delivery)
         from mailkeep.logfmt import dropped_lines
 
         yield Collected("mailkeep_log_lines_dropped_total", "Log lines that could not be "
@@ -535,6 +540,35 @@ def _age(state: QueueState | None, now: float) -> float:
     if state is None or state.oldest_created is None:
         return 0.0
     return max(0.0, round(now - state.oldest_created, 3))
+
+
+def _delivery_process_metrics(delivery: Any) -> Iterable[Collected]:
+    """Whether the delivery process runs, and its CPU time and memory (0 while none runs;
+    its CPU counter starts again from 0 when it is started again)."""
+    pid = delivery.pid
+    usage = _usage_of(pid) if pid is not None and delivery.ready.is_set() else None
+    cpu, resident = usage if usage is not None else (0.0, 0)
+    yield Collected("mailkeep_delivery_process_up", "1 while the delivery process runs and "
+                    "has said it is ready, else 0.", "gauge", (),
+                    (Sample((), 1 if usage is not None else 0),))
+    yield Collected("mailkeep_delivery_process_cpu_seconds_total", "CPU time used by the "
+                    "running delivery process, user and system, in seconds.", "counter", (),
+                    (Sample((), cpu),))
+    yield Collected("mailkeep_delivery_process_resident_memory_bytes", "Resident memory of "
+                    "the delivery process in bytes.", "gauge", (), (Sample((), resident),))
+
+
+def _usage_of(pid: int) -> tuple[float, int] | None:
+    """(CPU seconds, resident bytes) of a process from /proc; None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return round(ticks, 3), resident_pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _process_metrics() -> Iterable[Collected]:

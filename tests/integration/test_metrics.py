@@ -203,6 +203,11 @@ def test_metrics_count_what_the_server_did(mk: RunningServer) -> None:
         assert buckets[-1] == (float("inf"), count)
     assert metric(found, "process_open_fds") > 0
     assert metric(found, "mailkeep_start_time_seconds") <= time.time()
+    # The delivery process (docs/queue.md) runs and reports its own usage.
+    assert metric(found, "mailkeep_delivery_process_up") == 1
+    assert metric(found, "mailkeep_delivery_process_cpu_seconds_total") > 0
+    assert metric(found, "mailkeep_delivery_process_resident_memory_bytes") > 10_000_000
+    assert metric(found, "mailkeep_delivery_process_restarts_total") == 0
 
 
 def test_the_content_type_is_the_text_format_and_others_are_refused(mk: RunningServer) -> None:

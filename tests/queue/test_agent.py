@@ -158,21 +158,32 @@ def test_a_delivery_process_that_dies_is_started_again(config, monkeypatch, serv
     wait_for_text(server_log, 'msg="delivery process exited; starting it again"')
 
 
-def test_a_command_that_keeps_failing_is_retried_with_a_delay_and_stops_cleanly(config):
-    async def main() -> None:
-        async def local(entry, rcpts):
-            raise AssertionError("never called")
+async def _never_local(entry, rcpts):
+    raise AssertionError("a stand-in delivery process never asks for local delivery")
 
-        process = DeliveryProcess(config, local=local,
-                                  command=[sys.executable, "-c", "raise SystemExit(3)"])
+
+def _started_twice(config, script: str, *, ready_first: bool = False) -> float:
+    """Run ``python -c script`` as the delivery process until the server has started it a
+    second time, then stop; the seconds between the first start and the second."""
+    async def main() -> float:
+        process = DeliveryProcess(config, local=_never_local,
+                                  command=[sys.executable, "-c", script])
         process.start()
         began = time.monotonic()
-        await _until(lambda: process.starts >= 2, what="a second start")
-        assert time.monotonic() - began >= agent.RESTART_DELAYS[0] * 0.9
-        await asyncio.wait_for(process.stop(), 10)
-        assert not process.ready.is_set()
+        try:
+            if ready_first:
+                await asyncio.wait_for(process.ready.wait(), 20)
+            await _until(lambda: process.starts >= 2, timeout=20, what="a second start")
+            return time.monotonic() - began
+        finally:
+            await asyncio.wait_for(process.stop(), 20)
+            assert not process.ready.is_set()
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_a_command_that_keeps_failing_is_retried_with_a_delay_and_stops_cleanly(config):
+    assert _started_twice(config, "raise SystemExit(3)") >= agent.RESTART_DELAYS[0] * 0.9
 
 
 def test_the_delivery_process_stops_when_the_server_has_gone(config):
@@ -226,18 +237,7 @@ def test_a_delivery_process_that_never_gets_ready_is_killed_and_started_again(
         config, monkeypatch):
     monkeypatch.setattr(agent, "READY_TIMEOUT", 0.5)
     monkeypatch.setattr(agent, "RESTART_DELAYS", (0.1,))
-
-    async def main() -> None:
-        async def local(entry, rcpts):
-            raise AssertionError("never called")
-
-        process = DeliveryProcess(config, local=local,
-                                  command=[sys.executable, "-c", "import time; time.sleep(60)"])
-        process.start()
-        await _until(lambda: process.starts >= 2, timeout=20, what="a second start")
-        await asyncio.wait_for(process.stop(), 20)
-
-    asyncio.run(main())
+    _started_twice(config, "import time; time.sleep(60)")
 
 
 class Recorder:
@@ -282,16 +282,46 @@ def test_the_delivery_process_does_not_import_from_the_current_directory(
     (planted / "selectors.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     monkeypatch.chdir(planted)
 
-    async def main() -> None:
-        async def local(entry, rcpts):
-            return []
+    _run_ready(config, 0)
+    assert not marker.exists()
 
-        process = DeliveryProcess(config, local=local)
+
+def test_a_delivery_process_that_falls_silent_is_killed_and_started_again(
+        config, monkeypatch, server_log):
+    # Ready, then never a word again: its event loop is stuck.
+    monkeypatch.setattr(agent, "SILENCE_TIMEOUT", 1.0)
+    monkeypatch.setattr(agent, "WATCH_INTERVAL", 0.2)
+    monkeypatch.setattr(agent, "RESTART_DELAYS", (0.1,))
+    script = ("import os, socket, sys, time\n"
+              "from mailkeep.queue.channel import encode\n"
+              "sock = socket.socket(fileno=int(sys.argv[1]))\n"
+              "sock.sendall(encode(('ready', os.getpid())))\n"
+              "time.sleep(60)\n")
+    _started_twice(config, script, ready_first=True)
+    wait_for_text(server_log, 'msg="delivery process stopped answering; killing it"')
+
+
+def test_a_healthy_delivery_process_keeps_saying_it_is_alive(config, monkeypatch):
+    # Longer than its heartbeat interval, and with nothing else to say.
+    monkeypatch.setattr(agent, "SILENCE_TIMEOUT", agent.HEARTBEAT_INTERVAL + 1.5)
+    monkeypatch.setattr(agent, "WATCH_INTERVAL", 0.2)
+
+    process = _run_ready(config, agent.SILENCE_TIMEOUT + 1.5)
+    assert process.starts == 1
+
+
+def _run_ready(config, seconds: float) -> DeliveryProcess:
+    """Start the real delivery process, wait until it is ready, let it run ``seconds``
+    more (it must still be ready then), stop it."""
+    async def main() -> DeliveryProcess:
+        process = DeliveryProcess(config, local=_never_local)
         process.start()
         try:
             await asyncio.wait_for(process.ready.wait(), 30)
+            await asyncio.sleep(seconds)
+            assert process.ready.is_set()
         finally:
             await process.stop()
+        return process
 
-    asyncio.run(main())
-    assert not marker.exists()
+    return asyncio.run(main())

@@ -22,7 +22,8 @@ What the two share, and how:
 
   Delivery process → server:
 
-  - ``("ready", pid)``;
+  - ``("ready", pid)``, then ``("alive",)`` every HEARTBEAT_INTERVAL (a process silent for
+    SILENCE_TIMEOUT is killed and started again);
   - ``("local", n, entry, recipients)``: store this message for these recipients in our
     own domains. The store stays in the server, so that IMAP IDLE and the search indexer
     see the new mail at once (a DSN to a local sender, a retried local delivery);
@@ -58,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import mailkeep
-from mailkeep.logfmt import emit_record, forward_logging, log, setup_logging
+from mailkeep.logfmt import emit_record, forward_logging, log, record_line, setup_logging
 from mailkeep.queue.channel import Channel
 from mailkeep.queue.scheduler import LocalDelivery
 
@@ -81,6 +82,13 @@ REQUEST_GRACE = 10.0
 #: Seconds a new delivery process has to say it is ready before it is killed (and started
 #: again): it imports, opens the queue (recovery included) and builds its scheduler.
 READY_TIMEOUT = 120.0
+#: The delivery process says it is alive this often, whatever else it has to say...
+HEARTBEAT_INTERVAL = 5.0
+#: ...and one silent this long is taken as stuck (its event loop no longer runs), killed
+#: and started again.
+SILENCE_TIMEOUT = 60.0
+#: How often the server checks the two deadlines above.
+WATCH_INTERVAL = 1.0
 #: Seconds the server keeps reading from a delivery process that exited: its last log
 #: lines and metrics are still on the way.
 DRAIN_SECONDS = 5.0
@@ -120,6 +128,7 @@ class DeliveryProcess:
         self._flush_pending = False
         self._requests: set[asyncio.Task] = set()
         self._observers: dict[str, Callable[[float], None]] = {}
+        self._last_heard = 0.0
 
     def start(self) -> None:
         """Start the delivery process and keep it running until ``stop``."""
@@ -221,8 +230,8 @@ class DeliveryProcess:
             theirs.close()
         self.starts += 1
         self._process = process
-        loop = asyncio.get_running_loop()
-        watchdog = loop.call_later(READY_TIMEOUT, self._not_ready, process)
+        self._last_heard = asyncio.get_running_loop().time()
+        watchdog = asyncio.get_running_loop().create_task(self._watch(process))
         channel: Channel | None = None
         try:
             # Each message names the channel it came on: a late answer to a process that
@@ -252,16 +261,35 @@ class DeliveryProcess:
                     process.kill()
                 await process.wait()
 
-    def _not_ready(self, process: asyncio.subprocess.Process) -> None:
-        if not self.ready.is_set() and process.returncode is None:
-            log(logger, "delivery process not ready in time; killing it", logging.ERROR,
-                pid=process.pid, seconds=READY_TIMEOUT)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
+    async def _watch(self, process: asyncio.subprocess.Process) -> None:
+        """Kill a delivery process that is not ready in time, or that fell silent once
+        ready (killed, it is started again like one that died)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while process.returncode is None:
+            await asyncio.sleep(WATCH_INTERVAL)
+            now = loop.time()
+            if not self.ready.is_set():
+                if now - started < READY_TIMEOUT:
+                    continue
+                problem, seconds = "delivery process not ready in time", READY_TIMEOUT
+            elif now - self._last_heard > SILENCE_TIMEOUT:
+                problem, seconds = "delivery process stopped answering", SILENCE_TIMEOUT
+            else:
+                continue
+            if process.returncode is None:
+                log(logger, f"{problem}; killing it", logging.ERROR, pid=process.pid,
+                    seconds=seconds)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+            return
 
     def _on_message(self, message: tuple[Any, ...], channel: Channel | None) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
         kind = message[0]
-        if kind == "logs":
+        if kind == "alive":
+            pass
+        elif kind == "logs":
             for record in message[1]:
                 emit_record(record)
         elif kind == "metrics":
@@ -366,6 +394,7 @@ class Agent:
         self._logs_flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._logging_to_stderr = False
 
     async def run(self) -> int:
         from mailkeep.queue.store import QueueStore
@@ -446,13 +475,21 @@ class Agent:
                 records.append(self._logs.popleft())
         if not records:
             return
-        if self.channel is not None and self.channel.send("logs", records):
-            return
-        # The server has gone: what is left goes to stderr (the journal, under systemd).
-        if self.config is not None:
+        channel = self.channel
+        if channel is not None and channel.is_open:
+            if channel.buffered() <= MAX_BUFFERED:
+                channel.send("logs", records)
+                return
+            # The server has not read the last MAX_BUFFERED bytes: these lines go to
+            # stderr (the journal, under systemd) rather than pile up here.
+        elif self.config is not None and not self._logging_to_stderr:
+            # The server has gone: from now on, log to stderr directly.
+            self._logging_to_stderr = True
             setup_logging(self.config.log.format, self.config.log.level)
-        for record in records:
-            emit_record(record)
+        fmt = self.config.log.format if self.config is not None else "logfmt"
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.write("".join(record_line(record, fmt) + "\n" for record in records))
+            sys.stderr.flush()
 
     def _on_message(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -502,10 +539,15 @@ class Agent:
         return future.result()
 
     async def _report_metrics(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_beat = loop.time()
         while True:
             await asyncio.sleep(METRICS_INTERVAL)
             self._send_metrics()
             self._flush_logs()
+            if loop.time() - last_beat >= HEARTBEAT_INTERVAL and self.channel is not None:
+                last_beat = loop.time()
+                self.channel.send("alive")
 
     def _send_metrics(self) -> None:
         calls = self.metrics.take()

@@ -452,7 +452,7 @@ class Server:
                                         metrics=self.metrics)
         self.store.instrument(self.metrics)
         self.queue.instrument(self.metrics)
-        self.metrics.watch(queue=self.queue, bans=bans)
+        self.metrics.watch(queue=self.queue, bans=bans, delivery=self.delivery)
         self.pickup = Pickup(config.data_dir / "queue" / "maildrop", lambda: self.submission(
             self.config, Pipeline(self.config, self.store, Resolver(self.config))))
         self.pickup.metrics = self.metrics
