@@ -60,7 +60,7 @@ from typing import Any
 
 import mailkeep
 from mailkeep.logfmt import emit_record, forward_logging, log, record_line, setup_logging
-from mailkeep.queue.channel import Channel
+from mailkeep.queue.channel import Channel, FrameError
 from mailkeep.queue.scheduler import LocalDelivery
 
 logger = logging.getLogger("mailkeep.queue")
@@ -92,8 +92,9 @@ WATCH_INTERVAL = 1.0
 #: Seconds the server keeps reading from a delivery process that exited: its last log
 #: lines and metrics are still on the way.
 DRAIN_SECONDS = 5.0
-#: Queue entries per "new" message (a busy loop turn can queue many).
-NEW_BATCH = 1000
+#: Queue entries per "new" message (a busy loop turn can queue many; each entry may carry
+#: its message, up to 64 KiB, so that the first attempt sends it from memory).
+NEW_BATCH = 200
 #: Bytes of notifications the delivery process has not read yet beyond which the server
 #: sends a rescan request instead (the delivery process is busy; the queue has it all).
 MAX_BUFFERED = 4 << 20
@@ -154,8 +155,11 @@ class DeliveryProcess:
         if channel.buffered() > MAX_BUFFERED:
             channel.send("wake")
             return
-        for start in range(0, len(entries), NEW_BATCH):
-            channel.send("new", entries[start:start + NEW_BATCH])
+        try:
+            for start in range(0, len(entries), NEW_BATCH):
+                channel.send("new", entries[start:start + NEW_BATCH])
+        except FrameError:  # cannot happen with NEW_BATCH entries; a rescan finds them
+            channel.send("wake")
 
     def wake(self) -> None:
         """Rescan the queue (the CLI changed it)."""
