@@ -6,6 +6,7 @@ import os
 import signal
 import smtplib
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -189,6 +190,26 @@ def test_serve_binds_privileged_port_then_runs_as_unprivileged_user(tmp_path: Pa
                 assert s.sendmail("a@example.net", ["demo@example.test"],
                                   "Subject: as-nobody\r\n\r\nx\r\n") == {}
             assert (srv.data_dir / "store").stat().st_uid == nobody.pw_uid
+            # The delivery process, started after the drop, runs as nobody too; where
+            # nobody cannot run this interpreter (one installed under /root), the server
+            # says so and sends queued mail itself.
+            try:
+                can_run = subprocess.run([sys.executable, "-c", "pass"], user="nobody",
+                                         capture_output=True).returncode == 0
+            except PermissionError:
+                can_run = False
+            deadline = time.monotonic() + 20
+            expected = ('msg="delivery process started"' if can_run else
+                        'msg="cannot start a delivery process; the server sends queued '
+                        'mail itself"')
+            while time.monotonic() < deadline and expected not in srv.log_text():
+                time.sleep(0.1)
+            assert expected in srv.log_text()
+            if can_run:
+                pid = int(srv.log_text().split(expected + " pid=")[1].split()[0])
+                status = Path(f"/proc/{pid}/status").read_text()
+                uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+                assert uid_line.split()[1:] == [str(nobody.pw_uid)] * 4, uid_line
         finally:
             assert srv.stop() == 0
         assert any(b"as-nobody" in m for m in srv.messages("demo@example.test"))

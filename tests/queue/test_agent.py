@@ -325,3 +325,50 @@ def _run_ready(config, seconds: float) -> DeliveryProcess:
         return process
 
     return asyncio.run(main())
+
+
+class InlineScheduler:
+    def __init__(self, config) -> None:
+        self.calls: list[tuple] = [("built", config)]
+        self._stopped = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._stopped.wait()
+
+    def notify_new(self, entries) -> None:
+        self.calls.append(("new", entries))
+
+    def wake(self) -> None:
+        self.calls.append(("wake",))
+
+    def update(self, config, pipeline) -> None:
+        self.calls.append(("update", config, pipeline))
+
+    async def stop(self) -> None:
+        self.calls.append(("stop",))
+        self._stopped.set()
+
+
+def test_without_a_runnable_program_the_server_schedules_itself(config, server_log):
+    # E.g. run_as may not execute an interpreter installed under /root.
+    async def main() -> None:
+        built: list = []
+
+        def inline(cfg):
+            built.append(InlineScheduler(cfg))
+            return built[-1]
+
+        process = DeliveryProcess(config, local=_never_local, inline=inline,
+                                  command=["/nonexistent/python3"])
+        process.start()
+        await _until(lambda: process.inline_scheduler is not None, what="the fallback")
+        process.notify_new(["entry"])
+        process.wake()
+        process.update("new config", "new pipeline")
+        await asyncio.wait_for(process.stop(), 10)
+        assert built[0].calls == [("built", config), ("new", ["entry"]), ("wake",),
+                                  ("update", "new config", "new pipeline"), ("stop",)]
+        assert process.starts == 0 and not process.ready.is_set()
+
+    asyncio.run(main())
+    wait_for_text(server_log, "the server sends queued mail itself")

@@ -109,10 +109,16 @@ class DeliveryProcess:
     new mail, rescans, configs, and answers its requests."""
 
     def __init__(self, config: Any, *, local: LocalDelivery, metrics: Any = None,
-                 command: list[str] | None = None) -> None:
+                 command: list[str] | None = None,
+                 inline: Callable[[Any], Any] | None = None) -> None:
         self.config = config
         self.local = local
         self.metrics = metrics
+        #: Builds a Scheduler in this process from a config: used, with a warning, when
+        #: no delivery process can be started at all (see _supervise).
+        self.inline = inline
+        #: That scheduler, once in use.
+        self.inline_scheduler: Any = None
         # -P: the current directory (wherever `mailkeep serve` was started, perhaps a
         # directory others can write to) is not put on the child's module path.
         self.command = command or [sys.executable, "-P", "-m", "mailkeep.queue.agent"]
@@ -139,6 +145,9 @@ class DeliveryProcess:
 
     def notify_new(self, entries: list[Any]) -> None:
         """Mail was just queued (Submission's ``wake``): pass it on, batched per loop turn."""
+        if self.inline_scheduler is not None:
+            self.inline_scheduler.notify_new(entries)
+            return
         if not entries:
             return
         self._outbox.extend(entries)
@@ -163,13 +172,17 @@ class DeliveryProcess:
 
     def wake(self) -> None:
         """Rescan the queue (the CLI changed it)."""
-        if self._channel is not None:
+        if self.inline_scheduler is not None:
+            self.inline_scheduler.wake()
+        elif self._channel is not None:
             self._channel.send("wake")
 
-    def update(self, config: Any) -> None:
-        """A reloaded config: the next attempts use it."""
+    def update(self, config: Any, pipeline: Any = None) -> None:
+        """A reloaded config (and the server's pipeline for it): the next attempts use it."""
         self.config = config
-        if self._channel is not None:
+        if self.inline_scheduler is not None:
+            self.inline_scheduler.update(config, pipeline)
+        elif self._channel is not None:
             self._channel.send("config", config)
 
     async def stop(self) -> None:
@@ -204,6 +217,18 @@ class DeliveryProcess:
             started = time.monotonic()
             try:
                 code: int | None = await self._run_once()
+            except _CannotExecute as exc:
+                if self.starts == 0 and self.inline is not None:
+                    # E.g. run_as cannot execute the interpreter (one installed under
+                    # /root): sending must go on all the same, from this process.
+                    log(logger, "cannot start a delivery process; the server sends queued "
+                        "mail itself", logging.WARNING, command=self.command[0],
+                        error=str(exc.__cause__ or exc))
+                    await self._run_inline()
+                    return
+                log(logger, "cannot start the delivery process", logging.ERROR,
+                    error=repr(exc.__cause__ or exc))
+                code = None
             except Exception as exc:
                 log(logger, "cannot start the delivery process", logging.ERROR,
                     error=repr(exc))
@@ -221,12 +246,27 @@ class DeliveryProcess:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), delay)
 
+    async def _run_inline(self) -> None:
+        assert self.inline is not None
+        scheduler = self.inline_scheduler = self.inline(self.config)
+        running = asyncio.get_running_loop().create_task(scheduler.run())
+        try:
+            await self._stop.wait()
+        finally:
+            await scheduler.stop()
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running
+
     async def _run_once(self) -> int:
         ours, theirs = socket.socketpair()
         try:
             process = await asyncio.create_subprocess_exec(
                 *self.command, str(theirs.fileno()), pass_fds=(theirs.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL, env=_child_environment())
+        except OSError as exc:  # the program cannot be run (permissions, missing)
+            ours.close()
+            raise _CannotExecute(self.command[0]) from exc
         except BaseException:
             ours.close()
             raise
@@ -339,6 +379,10 @@ class DeliveryProcess:
                 observe(seconds)
             else:
                 getattr(metrics, name)(*args)
+
+
+class _CannotExecute(Exception):
+    """The delivery process's program could not be executed."""
 
 
 def _child_environment() -> dict[str, str]:

@@ -40,7 +40,7 @@ from mailkeep.metrics import ServerMetrics
 from mailkeep.outbound.dns import make_resolver
 from mailkeep.queue.agent import DeliveryProcess
 from mailkeep.queue.pickup import Pickup
-from mailkeep.queue.scheduler import deliver_local
+from mailkeep.queue.scheduler import Scheduler, deliver_local
 from mailkeep.queue.store import QueueStore
 from mailkeep.runtime import tune_for_serving
 from mailkeep.sasl import Authenticator
@@ -449,7 +449,7 @@ class Server:
         self.dkim = DkimKeys.for_data_dir(config.data_dir)
         self._local_pipeline = pipeline
         self.delivery = DeliveryProcess(config, local=self._deliver_local,
-                                        metrics=self.metrics)
+                                        metrics=self.metrics, inline=self._inline_scheduler)
         self.store.instrument(self.metrics)
         self.queue.instrument(self.metrics)
         self.metrics.watch(queue=self.queue, bans=bans, delivery=self.delivery)
@@ -537,6 +537,12 @@ class Server:
             log(logger, "stopped")
         return 0
 
+    def _inline_scheduler(self, config: Config) -> Scheduler:
+        """The scheduler in this process, for when no delivery process can run."""
+        assert self._local_pipeline is not None
+        return Scheduler(config, self.queue, self._local_pipeline, data_dir=config.data_dir,
+                         metrics=self.metrics)
+
     async def _deliver_local(self, entry: Any, rcpts: list) -> list:
         """The delivery process asks for queued mail to be stored for our own domains."""
         assert self._local_pipeline is not None
@@ -608,7 +614,7 @@ class Server:
             self.certificates.update(config)
         pipeline = self._local_pipeline = Pipeline(config, self.store, Resolver(config))
         if self.delivery is not None:
-            self.delivery.update(config)
+            self.delivery.update(config, pipeline)
         if self.dmarc_reporter is not None:
             from mailkeep.reports.dmarc_send import ReportSettings
 
