@@ -218,9 +218,10 @@ class DeliveryProcess:
             try:
                 code: int | None = await self._run_once()
             except _CannotExecute as exc:
-                if self.starts == 0 and self.inline is not None:
+                if self.inline is not None:
                     # E.g. run_as cannot execute the interpreter (one installed under
-                    # /root): sending must go on all the same, from this process.
+                    # /root), or it went away in an upgrade: sending must go on all the
+                    # same, from this process, until the server is restarted.
                     log(logger, "cannot start a delivery process; the server sends queued "
                         "mail itself", logging.WARNING, command=self.command[0],
                         error=str(exc.__cause__ or exc))
