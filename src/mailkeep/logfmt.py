@@ -866,8 +866,7 @@ def emit_record(record: Record) -> None:
     made = logging.LogRecord(name, level, "", 0, msg, None, None)
     made.created = created
     made.msecs = created % 1 * 1000
-    for key, value in fields.items():
-        made.__dict__[f"{key}_" if key in _RESERVED else key] = value
+    made.__dict__.update(_clean_fields(fields))
     if error:
         made.__dict__["error"] = error
     logger.handle(made)
@@ -926,9 +925,6 @@ def log(logger: logging.Logger, msg: str, level: int = logging.INFO, **fields: A
     forward = _forward
     if forward is not None and level in _LEVELS:
         # To the server, which writes it (forward_logging); no LogRecord needed.
-        forward((time.time(), level, logger.name, msg,
-                 _plain({(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}),
-                 None))
+        forward((time.time(), level, logger.name, msg, _plain(_clean_fields(fields)), None))
         return
-    clean = {(f"{k}_" if k in _RESERVED else k): v for k, v in fields.items()}
-    logger.log(level, msg, extra=clean)
+    logger.log(level, msg, extra=_clean_fields(fields))

@@ -563,12 +563,16 @@ def _usage_of(pid: int) -> tuple[float, int] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
             fields = stat.read().rpartition(b")")[2].split()
-        with open(f"/proc/{pid}/statm", "rb") as statm:
-            resident_pages = int(statm.read().split()[1])
+        ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return round(ticks, 3), _resident_bytes(str(pid))
     except (OSError, ValueError, IndexError):
         return None
-    ticks = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return round(ticks, 3), resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def _resident_bytes(pid: str) -> int:
+    """Resident memory of process ``pid`` ("self" for this one), from /proc."""
+    with open(f"/proc/{pid}/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _process_metrics() -> Iterable[Collected]:
@@ -578,10 +582,8 @@ def _process_metrics() -> Iterable[Collected]:
                     "system, in seconds.", "counter", (),
                     (Sample((), round(times.user + times.system, 3)),))
     try:
-        with open("/proc/self/statm", "rb") as statm:
-            resident_pages = int(statm.read().split()[1])
         yield Collected("process_resident_memory_bytes", "Resident memory size in bytes.",
-                        "gauge", (), (Sample((), resident_pages * os.sysconf("SC_PAGE_SIZE")),))
+                        "gauge", (), (Sample((), _resident_bytes("self")),))
         yield Collected("process_open_fds", "Open file descriptors.", "gauge", (),
                         (Sample((), len(os.listdir("/proc/self/fd"))),))
     except (OSError, ValueError, IndexError):

@@ -417,11 +417,16 @@ class _ForwardedMetrics:
         return lambda seconds: self.calls.append(("commit", (store, seconds)))
 
     def take(self) -> list[tuple[str, tuple]]:
-        out = []
-        with contextlib.suppress(IndexError):
-            while True:
-                out.append(self.calls.popleft())
-        return out
+        return _drain(self.calls)
+
+
+def _drain(items: collections.deque) -> list:
+    """Everything in ``items`` (appended to by other threads meanwhile), oldest first."""
+    out = []
+    with contextlib.suppress(IndexError):
+        while True:
+            out.append(items.popleft())
+    return out
 
 
 class Agent:
@@ -518,10 +523,7 @@ class Agent:
 
     def _flush_logs(self) -> None:
         self._logs_flush_pending = False
-        records = []
-        with contextlib.suppress(IndexError):
-            while True:
-                records.append(self._logs.popleft())
+        records = _drain(self._logs)
         if not records:
             return
         channel = self.channel
