@@ -171,7 +171,9 @@ def test_help_has_examples(capsys: pytest.CaptureFixture) -> None:
 FAKE_SERVER = """\
 import pathlib, signal, sys, time
 out = pathlib.Path(sys.argv[1])
-signal.signal(signal.SIGUSR1, lambda *a: out.write_text("SIGUSR1"))
+# Written whole, then renamed: the test may look the moment the name appears.
+tmp = out.with_suffix(".tmp")
+signal.signal(signal.SIGUSR1, lambda *a: (tmp.write_text("SIGUSR1"), tmp.rename(out)))
 out.with_suffix(".ready").write_text("ready")
 time.sleep(30)
 """
